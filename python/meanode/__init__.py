@@ -1,0 +1,17 @@
+"""meanode: deep ResNets and their infinite-depth Neural Mean ODE limit.
+
+Finite networks (:func:`train_resnet`) and their limits (:func:`mean_ode_limit`,
+:func:`lazy_limit`) are computed from the same data, embeddings and block definitions.
+"""
+
+from .blocks import ACTIVATIONS, Activation, Block, TwoLayerBlock, get_activation
+from .data import Problem, coupled_embeddings, default_data
+from .resnet import MLU, Scaling, TrainResult, init_weights, resnet_gradient, train_resnet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "Activation", "Block", "TwoLayerBlock", "get_activation",
+    "Problem", "coupled_embeddings", "default_data",
+    "MLU", "Scaling", "TrainResult", "init_weights", "resnet_gradient", "train_resnet",
+]

@@ -1,0 +1,249 @@
+"""Residual blocks: one definition serves the finite ResNet and its Mean ODE limit.
+
+A block (SPEC §2) is a function ``phi(h; z)`` of a hidden state ``h in R^D`` and the
+parameters ``z in R^dz`` of one unit, with ``z ~ mu0`` iid at initialisation and a
+normalisation ``kappa``. A layer of a finite ResNet adds ``(alpha / (L M)) sum_j phi(h; z_j)``;
+the limit replaces the average over the M units of a layer by an expectation over ``mu0``.
+
+Both sides only ever need three *fused* contractions of ``phi`` over a set of units with
+weights ``w_j`` (``w_j = 1`` in a layer, quadrature weights in the limit):
+
+* ``drift(h, z, w)    = sum_j w_j phi(h; z_j)``                      forward pass / forward ODE
+* ``vjp_h(h, z, w, b) = sum_j w_j d_h phi(h; z_j)^T b``              backprop / adjoint ODE
+* ``vjp_z(h, z, b)[j] = sum_n d_z phi(h_n; z_j)^T b_n``              gradient / unit update
+
+Shapes (any leading batch dims ``...`` broadcast, e.g. a seed-ensemble axis ``E``):
+``h, b: (..., N, D)``, ``z: (..., P, dz)``, ``w: (..., P)`` or a Python float.
+
+A new block subclasses :class:`Block` and defines ``phi``, ``d_h_phi`` and ``d_z_phi``
+(materialised Jacobians, fine for small blocks); the fused methods then come for free. The
+2LP block overrides them with matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["Activation", "ACTIVATIONS", "get_activation", "Block", "TwoLayerBlock"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A scalar activation ``sigma`` with its derivative ``dsigma``.
+
+    ``odd`` records ``sigma(-x) = -sigma(x)``: then the 2LP unit map commutes with
+    ``z -> -z`` and a symmetric node set can be folded in half (SPEC §4.3).
+    ``smooth`` is False for activations outside the theory (relu).
+    ``dsigma_of_sigma``, when given, computes ``sigma'(x)`` from ``sigma(x)`` (tanh: ``1 - s^2``),
+    which saves the trainer from keeping pre-activations.
+    """
+
+    name: str
+    sigma: Callable[[Tensor], Tensor]
+    dsigma: Callable[[Tensor], Tensor]
+    odd: bool
+    smooth: bool = True
+    dsigma_of_sigma: Callable[[Tensor], Tensor] | None = None
+
+
+def _tanh_prime(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return 1.0 - t * t
+
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _gelu(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.erf(x / _SQRT2))
+
+
+def _gelu_prime(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / _SQRT2)) + x * _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "tanh": Activation("tanh", torch.tanh, _tanh_prime, odd=True, dsigma_of_sigma=lambda s: 1.0 - s * s),
+    "identity": Activation("identity", lambda x: x, torch.ones_like, odd=True),
+    "erf": Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x), odd=True),
+    "gelu": Activation("gelu", _gelu, _gelu_prime, odd=False),
+    "relu": Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), odd=False, smooth=False),
+}
+
+
+def get_activation(name: str | Activation) -> Activation:
+    """Look an activation up by name; relu warns that it lies outside the smooth theory."""
+    if isinstance(name, Activation):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a name (str), got {type(name).__name__}")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    act = ACTIVATIONS[name]
+    if not act.smooth:
+        warnings.warn(
+            f"activation {name!r} is not smooth: the O(1/L + sqrt(D/(LM))) rates of the theory "
+            "assume a smooth sigma",
+            stacklevel=3,
+        )
+    return act
+
+
+def _weighted(x: Tensor, w: Tensor | float) -> Tensor:
+    """Multiply ``x: (..., P, *)`` by unit weights ``w: (..., P)`` (or a scalar)."""
+    if isinstance(w, Tensor):
+        return x * w.reshape(w.shape + (1,) * (x.dim() - w.dim()))
+    return x * w
+
+
+class Block:
+    """A residual block ``phi(h; z)`` with unit parameters ``z ~ mu0`` (SPEC §2).
+
+    Subclasses set ``D``, ``dz``, ``kappa`` and implement :meth:`phi`, :meth:`d_h_phi`,
+    :meth:`d_z_phi` and :meth:`sample`. The fused contractions below are generic
+    (materialising per-unit Jacobians); override them for speed.
+    """
+
+    D: int
+    dz: int
+    kappa: float
+    #: True when ``phi(h; -z) = phi(h; z)`` and ``d_z phi(h; -z) = -d_z phi(h; z)``: the unit
+    #: dynamics then commute with ``z -> -z`` and the drift is invariant, so a symmetric node
+    #: set can be folded in half (SPEC §4.3). Holds for the 2LP block with an odd sigma.
+    odd_symmetric: bool = False
+
+    # --- the definition of a block -------------------------------------------------
+    def phi(self, h: Tensor, z: Tensor) -> Tensor:
+        """``phi(h_n; z_j)``: ``h (..., N, D), z (..., P, dz) -> (..., N, P, D)``."""
+        raise NotImplementedError
+
+    def d_h_phi(self, h: Tensor, z: Tensor) -> Tensor:
+        """``d phi / d h``: ``-> (..., N, P, D_out, D_in)``."""
+        raise NotImplementedError
+
+    def d_z_phi(self, h: Tensor, z: Tensor) -> Tensor:
+        """``d phi / d z``: ``-> (..., N, P, D, dz)``."""
+        raise NotImplementedError
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype,
+               device: torch.device | str) -> Tensor:
+        """Draw ``shape + (dz,)`` iid unit parameters from ``mu0``."""
+        raise NotImplementedError
+
+    # --- fused contractions (generic) ------------------------------------------------
+    def drift(self, h: Tensor, z: Tensor, w: Tensor | float) -> Tensor:
+        """``sum_j w_j phi(h; z_j)``: ``(..., N, D)``."""
+        p = self.phi(h, z)  # (..., N, P, D)
+        return _weighted(p.transpose(-3, -2), w).sum(-3)
+
+    def vjp_h(self, h: Tensor, z: Tensor, w: Tensor | float, b: Tensor) -> Tensor:
+        """``sum_j w_j d_h phi(h; z_j)^T b``: ``(..., N, D)``."""
+        J = self.d_h_phi(h, z)  # (..., N, P, D, D)
+        vj = torch.einsum("...npij,...ni->...npj", J, b)
+        return _weighted(vj.transpose(-3, -2), w).sum(-3)
+
+    def vjp_z(self, h: Tensor, z: Tensor, b: Tensor) -> Tensor:
+        """``sum_n d_z phi(h_n; z_j)^T b_n`` per unit: ``(..., P, dz)``."""
+        J = self.d_z_phi(h, z)  # (..., N, P, D, dz)
+        return torch.einsum("...npik,...ni->...pk", J, b)
+
+    def vjp(self, h: Tensor, z: Tensor, w: Tensor | float, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``(vjp_h(h, z, w, b), vjp_z(h, z, b))`` in one call (blocks may share work)."""
+        return self.vjp_h(h, z, w, b), self.vjp_z(h, z, b)
+
+
+class TwoLayerBlock(Block):
+    """The two-layer-perceptron block ``phi(h; u, v) = v sigma(u . h / D)`` (SPEC §1).
+
+    ``z = (u, v)`` concatenated, ``dz = 2D``, ``mu0 = N(0, D I_{2D})``, ``kappa = D``.
+
+    * ``d_h phi = v sigma'(a) u^T / D`` with ``a = u . h / D``
+    * ``d_u phi = v sigma'(a) h^T / D``,  ``d_v phi = sigma(a) I``
+    """
+
+    def __init__(self, D: int, activation: str | Activation = "tanh"):
+        if not isinstance(D, int) or D < 1:
+            raise ValueError(f"D must be a positive integer, got {D!r}")
+        self.D = D
+        self.dz = 2 * D
+        self.kappa = float(D)
+        self.act = get_activation(activation)
+        self.odd_symmetric = self.act.odd
+
+    def __repr__(self) -> str:
+        return f"TwoLayerBlock(D={self.D}, activation={self.act.name!r})"
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``z (..., P, 2D) -> u, v`` each ``(..., P, D)`` (views)."""
+        return z[..., : self.D], z[..., self.D:]
+
+    def preact(self, h: Tensor, u: Tensor) -> Tensor:
+        """``a = u . h / D``: ``h (..., N, D), u (..., P, D) -> (..., N, P)``."""
+        return torch.matmul(h, u.transpose(-1, -2)) / self.D
+
+    def sample(self, shape, generator, dtype=torch.float64, device="cpu"):
+        z = torch.randn(*shape, self.dz, generator=generator, dtype=dtype, device=device)
+        return z * math.sqrt(self.D)
+
+    def phi(self, h, z):
+        u, v = self.split(z)
+        s = self.act.sigma(self.preact(h, u))  # (..., N, P)
+        return s.unsqueeze(-1) * v.unsqueeze(-3)
+
+    def d_h_phi(self, h, z):
+        u, v = self.split(z)
+        sp = self.act.dsigma(self.preact(h, u))
+        return (sp[..., None, None] * v.unsqueeze(-3)[..., :, None] * u.unsqueeze(-3)[..., None, :]) / self.D
+
+    def d_z_phi(self, h, z):
+        u, v = self.split(z)
+        a = self.preact(h, u)
+        s, sp = self.act.sigma(a), self.act.dsigma(a)
+        d_u = sp[..., None, None] * v.unsqueeze(-3)[..., :, None] * h.unsqueeze(-2)[..., None, :] / self.D
+        eye = torch.eye(self.D, dtype=h.dtype, device=h.device)
+        d_v = s[..., None, None] * eye
+        return torch.cat([d_u, d_v], dim=-1)
+
+    # --- fused contractions: matrix products, no per-unit Jacobians ---------------------
+    def drift(self, h, z, w):
+        u, v = self.split(z)
+        s = self.act.sigma(self.preact(h, u))  # (..., N, P)
+        return torch.matmul(_scale_units(s, w), v)
+
+    def _g(self, a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+        """``sigma'(a_nj) (v_j . b_n)``: ``(..., N, P)``."""
+        return self.act.dsigma(a) * torch.matmul(b, v.transpose(-1, -2))
+
+    def vjp_h(self, h, z, w, b):
+        u, v = self.split(z)
+        g = self._g(self.preact(h, u), b, v)
+        return torch.matmul(_scale_units(g, w), u) / self.D
+
+    def vjp_z(self, h, z, b):
+        return self.vjp(h, z, None, b)[1]
+
+    def vjp(self, h, z, w, b):
+        """Both vector-Jacobian products, sharing ``a`` and ``g``; ``w=None`` skips ``vjp_h``."""
+        u, v = self.split(z)
+        a = self.preact(h, u)
+        g = self._g(a, b, v)
+        grad_u = torch.matmul(g.transpose(-1, -2), h) / self.D  # (..., P, D)
+        grad_v = torch.matmul(self.act.sigma(a).transpose(-1, -2), b)  # (..., P, D)
+        grad_z = torch.cat([grad_u, grad_v], dim=-1)
+        v_h = None if w is None else torch.matmul(_scale_units(g, w), u) / self.D
+        return v_h, grad_z
+
+
+def _scale_units(x: Tensor, w: Tensor | float) -> Tensor:
+    """Scale ``x: (..., N, P)`` by unit weights ``w: (..., P)`` or a float (1.0 is free)."""
+    if isinstance(w, Tensor):
+        return x * w.unsqueeze(-2)
+    return x if w == 1.0 else x * w

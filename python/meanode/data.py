@@ -1,0 +1,82 @@
+"""Training data and the fixed random embeddings (SPEC §1).
+
+The limit is conditional on the data and on the fixed ``W_E``, ``W_U`` (SPEC §8): a finite
+network and its limit must see the very same arrays. :class:`Problem` bundles them so one
+object yields both (``train_resnet(**problem.arrays(), ...)``, ``mean_ode_limit(...)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["default_data", "coupled_embeddings", "Problem"]
+
+
+def default_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Default synthetic data: ``x_n, y_n`` iid ``N(0, I)``; returns ``X (N, d_in), Y (N, d_out)``.
+
+    Drawn from ``numpy.random.default_rng(seed)``, a stream separate from the weight seeds.
+    """
+    for name, val in (("N", N), ("d_in", d_in), ("d_out", d_out)):
+        if not isinstance(val, (int, np.integer)) or val < 1:
+            raise ValueError(f"{name} must be a positive integer, got {val!r}")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d_in))
+    Y = rng.standard_normal((N, d_out))
+    return X, Y
+
+
+def coupled_embeddings(D: int, d_in: int = 5, d_out: int = 5, seed: int = 0,
+                       D_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed embedding ``W_E (D, d_in)``, entries ``N(0, 1/d_in)``, and readout ``W_U (D, d_out)``,
+    entries ``N(0, 1)``.
+
+    "Coupled" across D: both are drawn once at ``D_max`` (default ``D``) and every model takes
+    their first ``D`` rows, so hidden states of different D compare coordinate by coordinate.
+    """
+    D_max = D if D_max is None else D_max
+    if not isinstance(D, (int, np.integer)) or D < 1:
+        raise ValueError(f"D must be a positive integer, got {D!r}")
+    if D_max < D:
+        raise ValueError(f"D_max={D_max} must be >= D={D}")
+    rng = np.random.default_rng([seed, 1])  # independent of default_data's stream
+    W_E = rng.standard_normal((D_max, d_in)) / np.sqrt(d_in)
+    W_U = rng.standard_normal((D_max, d_out))
+    return W_E[:D].copy(), W_U[:D].copy()
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """Data and embeddings shared by a finite ResNet and its limit.
+
+    ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, and optional
+    held-out inputs ``X_eval (N_eval, d_in)`` that are evaluated but never trained on.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    W_E: np.ndarray
+    W_U: np.ndarray
+    X_eval: np.ndarray | None = None
+
+    @property
+    def D(self) -> int:
+        return int(self.W_E.shape[0])
+
+    @classmethod
+    def default(cls, D: int = 2, *, N: int = 10, d_in: int = 5, d_out: int = 5, data_seed: int = 0,
+                embed_seed: int = 0, D_max: int | None = None, N_eval: int = 0) -> "Problem":
+        """SPEC §1 defaults: ``N = 10``, ``d_in = d_out = 5``, coupled embeddings at ``D_max``."""
+        X, Y = default_data(N + N_eval, d_in, d_out, seed=data_seed)
+        W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=embed_seed, D_max=D_max)
+        X_eval = X[N:] if N_eval else None
+        return cls(X[:N], Y[:N], W_E, W_U, X_eval)
+
+    def arrays(self) -> dict:
+        """Keyword arguments for :func:`meanode.train_resnet` and the limit functions."""
+        out = dict(X=self.X, Y=self.Y, W_E=self.W_E, W_U=self.W_U)
+        if self.X_eval is not None:
+            out["X_eval"] = self.X_eval
+        return out

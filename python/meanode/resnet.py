@@ -1,0 +1,342 @@
+"""The finite ResNet (SPEC §1, §2, §5): batched seed ensembles, hand-written adjoint, full-batch GD.
+
+Forward, layer l = 1..L, for E seeds at once (one batched product per layer):
+
+    h^l = h^{l-1} + c * sum_j phi(h^{l-1}; z_{lj}),         c = alpha * (L M)^(-a)
+    f   = W_U^T h^L / D,     R = (1/N) sum_n |f(x_n) - y_n|^2 / 2
+
+Backward is the exact discrete adjoint (SPEC §1), ``b^l = dR/dh^l``:
+
+    b^L = (1/N) W_U (f - y) / D,     b^{l-1} = b^l + c * sum_j d_h phi(h^{l-1}; z_{lj})^T b^l
+    dR/dz_{lj} = c * sum_n d_z phi(h^{l-1}_n; z_{lj})^T b^l_n
+
+and GD is ``z <- z - lam * dR/dz`` with ``lam = eta * kappa * (L M)^b / alpha^2``. The maximal
+local update scaling (a, b) = (1, 1) gives SPEC §1 exactly: ``c = alpha/(L M)`` and
+``lam = eta L M D / alpha^2``. The ``1/alpha^2`` is kept for every (a, b) so that alpha only
+rescales the MLU point; with alpha = 1 this is SPEC §5's ``lam = eta D (L M)^b``.
+
+Each layer's update is applied as soon as its gradient is known (the gradient of layer l
+needs only ``h^{l-1}``, stored in the forward pass, and ``b^l``), so the backward pass reads
+the weights once and no gradient buffer is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ._checks import (check_problem, nonnegative_int, positive_float, positive_int, resolve_device,
+                      resolve_dtype, warn_outside_regime)
+from .blocks import Block, TwoLayerBlock
+
+__all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient"]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Exponents of SPEC §5: multiplier ``alpha (L M)^-a``, rate ``eta kappa (L M)^b / alpha^2``."""
+
+    a: float = 1.0
+    b: float = 1.0
+
+    def multiplier(self, alpha: float, L: int, M: int) -> float:
+        return alpha * float(L * M) ** (-self.a)
+
+    def learning_rate(self, eta: float, alpha: float, L: int, M: int, kappa: float) -> float:
+        return eta * kappa * float(L * M) ** self.b / alpha**2
+
+
+MLU = Scaling(1.0, 1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """What :func:`train_resnet` records, as numpy arrays (E = number of seeds).
+
+    Step ``k = 0..K`` is recorded *before* the k-th update (k = 0 is the initialisation).
+
+    f:        (E, K+1, N, d_out) outputs on the training inputs
+    h:        (E, K+1, N, D)     last hidden state ``h^L``
+    loss:     (E, K+1)           ``R`` on the training set
+    f_eval, h_eval: the same on held-out inputs ``X_eval`` (None without them)
+    hidden:   (E, K+1, L+1, N, D) every ``h^l`` when ``record_hidden=True`` (else None)
+    unit_movement: (E,) ``|z_K - z_0| / |z_0|`` over all units (Frobenius norms)
+    diverged: (E,) bool;  diverged_step: (E,) the step k where it was detected, -1 if never.
+        A diverged seed stops training; its records after that step are NaN (never zeroed).
+    """
+
+    f: np.ndarray
+    h: np.ndarray
+    loss: np.ndarray
+    f_eval: np.ndarray | None
+    h_eval: np.ndarray | None
+    hidden: np.ndarray | None
+    unit_movement: np.ndarray
+    diverged: np.ndarray
+    diverged_step: np.ndarray
+    seeds: tuple[int, ...]
+    config: dict = field(default_factory=dict)
+    wall_time: float = 0.0
+
+
+def init_weights(block: Block, L: int, M: int, seeds: Sequence[int], dtype=torch.float64,
+                 device="cpu") -> torch.Tensor:
+    """Initial units ``z (E, L, M, dz)``: seed s draws ``block.sample((L, M))`` from
+    ``torch.Generator().manual_seed(s)`` on the CPU (so every device sees the same weights).
+
+    For the 2LP block ``z = sqrt(D) * randn(L, M, 2D)``, ``u = z[..., :D]``, ``v = z[..., D:]``.
+    """
+    zs = [block.sample((L, M), torch.Generator().manual_seed(int(s)), torch.float64, "cpu") for s in seeds]
+    return torch.stack(zs).to(dtype=dtype, device=device)
+
+
+def _init_from_arrays(init, block: Block, E: int, L: int, M: int, dtype, device) -> torch.Tensor:
+    """Accept ``init = (U, V)`` for the 2LP block (each ``(E, L, M, D)``) or ``z (E, L, M, dz)``."""
+    if isinstance(init, (tuple, list)):
+        if not isinstance(block, TwoLayerBlock) or len(init) != 2:
+            raise ValueError("init=(U, V) is for the 2LP block; pass z of shape (E, L, M, dz) otherwise")
+        parts = []
+        for name, arr in zip(("init[0] (U)", "init[1] (V)"), init):
+            t = torch.as_tensor(np.asarray(arr, dtype=np.float64) if not isinstance(arr, torch.Tensor) else arr)
+            if tuple(t.shape) != (E, L, M, block.D):
+                raise ValueError(f"{name} must have shape (E, L, M, D) = {(E, L, M, block.D)}, got {tuple(t.shape)}")
+            parts.append(t.to(dtype=dtype, device=device))
+        z = torch.cat(parts, dim=-1)
+    else:
+        z = torch.as_tensor(np.asarray(init, dtype=np.float64) if not isinstance(init, torch.Tensor) else init)
+        if tuple(z.shape) != (E, L, M, block.dz):
+            raise ValueError(f"init must have shape (E, L, M, dz) = {(E, L, M, block.dz)}, got {tuple(z.shape)}")
+        z = z.to(dtype=dtype, device=device)
+    if not torch.isfinite(z).all():
+        raise ValueError("init contains non-finite values")
+    return z.clone()
+
+
+class _GenericKernel:
+    """Training loops for any :class:`Block`: units ``z (L, E, M, dz)``, one slab per layer."""
+
+    def __init__(self, block: Block, z: torch.Tensor):
+        self.block = block
+        self.params = (z,)
+
+    def units(self) -> torch.Tensor:
+        return self.params[0]
+
+    def forward(self, c: float, h0: torch.Tensor, hs: torch.Tensor) -> None:
+        """Fill ``hs (L+1, E, n, D)`` with ``h^0..h^L``."""
+        z = self.params[0]
+        hs[0] = h0
+        for l in range(z.shape[0]):
+            torch.add(hs[l], self.block.drift(hs[l], z[l], 1.0), alpha=c, out=hs[l + 1])
+
+    def backward(self, c: float, hs: torch.Tensor, b: torch.Tensor, N: int, step, target) -> None:
+        """Exact discrete adjoint from ``b = b^L (E, N, D)`` down to layer 1.
+
+        For each layer l (0-based, L-1..0) adds ``step * g_l`` to ``target[0][l]``, with
+        ``g_l = sum_n d_z phi(h^l_n; z_l)^T b^{l+1}_n`` (so ``dR/dz_l = c g_l``), after ``z_l``
+        has been used for ``b^l``: ``target = self.params`` updates in place.
+        """
+        z, (tz,) = self.params[0], target
+        for l in range(z.shape[0] - 1, -1, -1):
+            v_h, grad_z = self.block.vjp(hs[l][:, :N], z[l], 1.0, b)
+            b = torch.add(b, v_h, alpha=c)
+            _accumulate(tz[l], grad_z, step)
+
+
+class _TwoLayerKernel(_GenericKernel):
+    """The 2LP block with ``U, V (L, E, M, D)`` stored apart, pre-activations and ``sigma``
+    kept from the forward pass: 3 batched products per layer forward, 5 backward (the
+    update is fused into the gradient products)."""
+
+    def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
+        self.block = block
+        self.params = (z[..., : block.D].contiguous(), z[..., block.D:].contiguous())
+        self._a = self._s = None
+
+    def units(self) -> torch.Tensor:
+        return torch.cat(self.params, dim=-1)
+
+    def forward(self, c, h0, hs):
+        U, V = self.params
+        L, E, M, D = U.shape
+        n = hs.shape[2]
+        if self._a is None or self._a.shape[2] != n:
+            self._a = torch.empty(L, E, n, M, dtype=U.dtype, device=U.device)
+            self._s = torch.empty_like(self._a)
+        A, S, sigma = self._a, self._s, self.block.act.sigma
+        hs[0] = h0
+        for l in range(L):
+            torch.baddbmm(A[l], hs[l], U[l].transpose(1, 2), beta=0.0, alpha=1.0 / D, out=A[l])
+            S[l] = sigma(A[l])
+            torch.baddbmm(hs[l], S[l], V[l], alpha=c, out=hs[l + 1])
+
+    def backward(self, c, hs, b, N, step, target):
+        U, V = self.params
+        tU, tV = target
+        L, E, M, D = U.shape
+        A, S = self._a[:, :, :N], self._s[:, :, :N]
+        act = self.block.act
+        SP = act.dsigma_of_sigma(S) if act.dsigma_of_sigma is not None else act.dsigma(A)
+        fused = isinstance(step, float)
+        for l in range(L - 1, -1, -1):
+            g = torch.bmm(b, V[l].transpose(1, 2)).mul_(SP[l])  # sigma'(a) (v . b): (E, N, M)
+            h_prev = hs[l][:, :N]
+            if fused:
+                tV[l].baddbmm_(S[l].transpose(1, 2), b, alpha=step)
+                b = torch.baddbmm(b, g, U[l], alpha=c / D)
+                tU[l].baddbmm_(g.transpose(1, 2), h_prev, alpha=step / D)
+            else:
+                _accumulate(tV[l], torch.bmm(S[l].transpose(1, 2), b), step)
+                b = torch.baddbmm(b, g, U[l], alpha=c / D)
+                _accumulate(tU[l], torch.bmm(g.transpose(1, 2), h_prev), step / D)
+
+
+def _accumulate(target: torch.Tensor, g: torch.Tensor, step) -> None:
+    """``target += step * g``; ``step`` a float or a per-seed ``(E, 1, 1)`` tensor."""
+    if isinstance(step, float):
+        target.add_(g, alpha=step)
+    else:
+        target.add_(g * step)
+
+
+def _kernel(block: Block, z: torch.Tensor) -> _GenericKernel:
+    """The training loops for ``block`` (a fast path for the 2LP block)."""
+    return _TwoLayerKernel(block, z) if type(block) is TwoLayerBlock else _GenericKernel(block, z)
+
+
+def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Block,
+                    scaling: Scaling = MLU) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss ``R (E,)`` and its gradient ``dR/dz (E, L, M, dz)`` by the hand-written adjoint.
+
+    ``z (E, L, M, dz)`` and the arrays are tensors of one dtype/device. Used to check the
+    adjoint against autograd; training runs the same kernel.
+    """
+    E, L, M, _ = z.shape
+    c = scaling.multiplier(alpha, L, M)
+    N, D = X.shape[0], W_E.shape[0]
+    kernel = _kernel(block, z.transpose(0, 1).contiguous())
+    hs = torch.empty(L + 1, E, N, D, dtype=z.dtype, device=z.device)
+    kernel.forward(c, (X @ W_E.T).expand(E, N, D), hs)
+    r = hs[L] @ W_U / D - Y
+    grads = tuple(torch.zeros_like(p) for p in kernel.params)
+    kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, c, grads)
+    grad = grads[0] if len(grads) == 1 else torch.cat(grads, dim=-1)
+    return 0.5 * r.pow(2).sum(dim=(1, 2)) / N, grad.transpose(0, 1)
+
+
+def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, steps: int,
+                 activation: str = "tanh", seeds: Sequence[int] = (0,), init=None, device="cpu",
+                 dtype: torch.dtype = torch.float64, block: Block | None = None,
+                 scaling: Scaling = MLU, X_eval=None, record_hidden: bool = False,
+                 divergence_threshold: float = 1e6) -> TrainResult:
+    """Train E = len(seeds) finite ResNets at once by full-batch GD (SPEC §1) for ``steps`` steps.
+
+    Arguments:
+        X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out): numpy arrays or tensors
+            (tensors must already have ``dtype`` and ``device``).
+        L, M: depth and units per layer. alpha: residual scale. eta: normalised learning rate.
+        steps: K, the number of GD steps; records hold K+1 entries.
+        activation: sigma of the 2LP block (ignored when ``block`` is given).
+        seeds: one weight seed per ensemble member (see :func:`init_weights`).
+        init: initial units instead of seeds: ``(U, V)`` each (E, L, M, D) for 2LP, or
+            ``z`` (E, L, M, dz); ``seeds`` then only labels the members.
+        block: any :class:`~meanode.blocks.Block` (default: 2LP with ``activation``).
+        scaling: exponents (a, b) of SPEC §5 (default MLU).
+        X_eval (N_eval, d_in): held-out inputs, recorded but not trained on.
+        record_hidden: also record every ``h^l``.
+        divergence_threshold: a seed whose loss or ``h^L`` is non-finite, or whose RMS
+            per coordinate of ``h^L`` exceeds this, is marked diverged at that step and stops.
+
+    Returns a :class:`TrainResult`.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    L = positive_int("L", L)
+    M = positive_int("M", M)
+    K = nonnegative_int("steps", steps)
+    alpha = positive_float("alpha", alpha)
+    eta = positive_float("eta", eta, allow_zero=True)
+    divergence_threshold = positive_float("divergence_threshold", divergence_threshold)
+    if not isinstance(scaling, Scaling):
+        raise TypeError(f"scaling must be a meanode.Scaling, got {type(scaling).__name__}")
+    X, Y, W_E, W_U, X_eval = check_problem(X, Y, W_E, W_U, X_eval, dtype, device)
+    D, N = W_E.shape[0], X.shape[0]
+    if block is None:
+        block = TwoLayerBlock(D, activation)
+    elif getattr(block, "D", D) != D:
+        raise ValueError(f"block has D = {block.D} but W_E has D = {D}")
+    warn_outside_regime(D, L, M)
+    seeds = tuple(int(s) for s in seeds)
+    if len(seeds) < 1:
+        raise ValueError("seeds must name at least one seed")
+    E = len(seeds)
+
+    if init is None:
+        z = init_weights(block, L, M, seeds, dtype, device)
+    else:
+        z = _init_from_arrays(init, block, E, L, M, dtype, device)
+    z0 = z.transpose(0, 1).contiguous()  # (L, E, M, dz): one contiguous slab per layer
+    z0_norm = z0.pow(2).sum(dim=(0, 2, 3)).sqrt()
+    kernel = _kernel(block, z0.clone())
+
+    c = scaling.multiplier(alpha, L, M)
+    lam = scaling.learning_rate(eta, alpha, L, M, block.kappa)
+
+    X_all = X if X_eval is None else torch.cat([X, X_eval])
+    n_all = X_all.shape[0]
+    h0 = (X_all @ W_E.T).expand(E, n_all, D)
+    hs = torch.empty(L + 1, E, n_all, D, dtype=dtype, device=device)
+
+    f_rec = torch.full((E, K + 1, n_all, W_U.shape[1]), float("nan"), dtype=dtype, device=device)
+    h_rec = torch.full((E, K + 1, n_all, D), float("nan"), dtype=dtype, device=device)
+    loss_rec = torch.full((E, K + 1), float("nan"), dtype=dtype, device=device)
+    hidden_rec = (torch.full((E, K + 1, L + 1, n_all, D), float("nan"), dtype=dtype, device=device)
+                  if record_hidden else None)
+    active = torch.ones(E, dtype=torch.bool, device=device)
+    diverged_step = torch.full((E,), -1, dtype=torch.long, device=device)
+
+    for k in range(K + 1):
+        kernel.forward(c, h0, hs)
+        hL = hs[L]
+        f = hL @ W_U / D  # (E, n_all, d_out)
+        r = f[:, :N] - Y
+        loss = 0.5 * r.pow(2).sum(dim=(1, 2)) / N
+        rms = hL.pow(2).mean(dim=(1, 2)).sqrt()
+        bad = active & ~(torch.isfinite(loss) & torch.isfinite(rms) & (rms <= divergence_threshold))
+        diverged_step[bad] = k
+        rec = active.clone()  # the diverging step itself is recorded, as it is
+        active &= ~bad
+        f_rec[rec, k] = f[rec]
+        h_rec[rec, k] = hL[rec]
+        loss_rec[rec, k] = loss[rec]
+        if record_hidden:
+            hidden_rec[rec, k] = hs.transpose(0, 1)[rec]
+        if k == K or not bool(active.any()):
+            break
+        # backward: exact discrete adjoint, updating each layer as soon as its gradient is known
+        step = -lam * c
+        if not bool(active.all()):
+            step = (step * active.to(dtype)).reshape(E, 1, 1)
+        kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, step, kernel.params)
+
+    movement = (kernel.units() - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
+    f_np = f_rec.cpu().numpy()
+    h_np = h_rec.cpu().numpy()
+    return TrainResult(
+        f=f_np[:, :, :N], h=h_np[:, :, :N], loss=loss_rec.cpu().numpy(),
+        f_eval=f_np[:, :, N:] if X_eval is not None else None,
+        h_eval=h_np[:, :, N:] if X_eval is not None else None,
+        hidden=hidden_rec.cpu().numpy() if record_hidden else None,
+        unit_movement=movement.cpu().numpy(),
+        diverged=(diverged_step >= 0).cpu().numpy(), diverged_step=diverged_step.cpu().numpy(),
+        seeds=seeds,
+        config=dict(L=L, M=M, D=D, N=N, alpha=alpha, eta=eta, steps=K, block=repr(block),
+                    scaling=(scaling.a, scaling.b), multiplier=c, learning_rate=lam,
+                    dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold),
+        wall_time=time.perf_counter() - t0,
+    )
