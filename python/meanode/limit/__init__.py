@@ -1,0 +1,7 @@
+"""The infinite-depth limit: the Neural Mean ODE training dynamics and its lazy limit."""
+
+from .api import METHODS, RULES, lazy_limit, mean_ode_limit
+from .depth import DepthGrid
+from .engine import LimitResult
+
+__all__ = ["mean_ode_limit", "lazy_limit", "LimitResult", "DepthGrid", "METHODS", "RULES"]

@@ -1,0 +1,119 @@
+"""ODE solvers by name: SciPy (default), a batched torch Runge–Kutta, and the Julia bridge.
+
+Names follow DifferentialEquations.jl where it has one; each maps onto the nearest method a
+backend has, and the method that actually ran is reported (:class:`SolverChoice`):
+
+=============================  ==============  =================================
+requested                      scipy           torch
+=============================  ==============  =================================
+DOP853, Vern7, Vern8, Vern9    DOP853          dopri5 (nearest explicit)
+Tsit5, RK45, DP5, dopri5       RK45            dopri5
+RK23, BS3                      RK23            dopri5
+Radau, RadauIIA5, Rodas5P,     Radau           (stiff: not available, error)
+Rodas5, Rodas4, KenCarp4,
+TRBDF2
+BDF, QNDF, FBDF                BDF             (error)
+LSODA, auto                    LSODA           (error)
+=============================  ==============  =================================
+
+A backend is chosen with a prefix (``"torch:Tsit5"``, ``"scipy:Radau"``, ``"julia:Vern9"``)
+or by the ``backend=`` argument of the limit functions; no prefix means SciPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SolverChoice", "ODEStats", "SolverError", "resolve_solver", "integrate", "SCIPY_METHODS"]
+
+SCIPY_METHODS = {
+    "DOP853": "DOP853", "Vern7": "DOP853", "Vern8": "DOP853", "Vern9": "DOP853",
+    "Tsit5": "RK45", "RK45": "RK45", "DP5": "RK45", "dopri5": "RK45",
+    "RK23": "RK23", "BS3": "RK23",
+    "Radau": "Radau", "RadauIIA5": "Radau", "Rodas5P": "Radau", "Rodas5": "Radau", "Rodas4": "Radau",
+    "KenCarp4": "Radau", "TRBDF2": "Radau",
+    "BDF": "BDF", "QNDF": "BDF", "FBDF": "BDF",
+    "LSODA": "LSODA", "auto": "LSODA",
+}
+_TORCH_EXPLICIT = {"DOP853", "Vern7", "Vern8", "Vern9", "Tsit5", "RK45", "DP5", "dopri5", "RK23", "BS3"}
+BACKENDS = ("scipy", "torch", "julia")
+
+
+@dataclass(frozen=True)
+class SolverChoice:
+    """What was asked for and what runs: ``backend`` in {scipy, torch, julia}, ``method`` its name."""
+
+    requested: str
+    backend: str
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.method}" + ("" if self.method == self.requested else f" (asked {self.requested})")
+
+
+@dataclass
+class ODEStats:
+    """Work done by the solves of one limit computation (summed over all solves)."""
+
+    nfev: int = 0
+    njev: int = 0
+    nlu: int = 0
+    nsteps: int = 0
+    nrejected: int = 0
+    nsolves: int = 0
+    wall_time: float = 0.0
+
+    def add(self, other: "ODEStats") -> None:
+        for k in ("nfev", "njev", "nlu", "nsteps", "nrejected", "nsolves"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.wall_time += other.wall_time
+
+    def as_dict(self) -> dict:
+        return dict(nfev=self.nfev, njev=self.njev, nlu=self.nlu, nsteps=self.nsteps,
+                    nrejected=self.nrejected, nsolves=self.nsolves, wall_time=self.wall_time)
+
+
+class SolverError(RuntimeError):
+    """An ODE solve failed; ``status`` is the backend's return code, ``message`` its reason."""
+
+    def __init__(self, choice: SolverChoice, status, message: str, t: float):
+        self.choice, self.status, self.t = choice, status, t
+        super().__init__(f"ODE solver {choice} failed at s = {t:.6g} with return code {status!r}: {message}")
+
+
+def resolve_solver(name: str, backend: str | None = None) -> SolverChoice:
+    """Map a solver name (optionally ``backend:name``) to the method that will run."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"solver must be a non-empty string, got {name!r}")
+    if ":" in name:
+        prefix, name = name.split(":", 1)
+        if backend not in (None, "auto", prefix):
+            raise ValueError(f"solver prefix {prefix!r} contradicts backend={backend!r}")
+        backend = prefix
+    if backend in (None, "auto"):
+        backend = "scipy"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown solver backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "scipy":
+        if name not in SCIPY_METHODS:
+            raise ValueError(f"unknown solver {name!r}; known names: {sorted(SCIPY_METHODS)}")
+        return SolverChoice(name, "scipy", SCIPY_METHODS[name])
+    if backend == "torch":
+        if name not in _TORCH_EXPLICIT:
+            raise ValueError(f"the torch backend has explicit Runge–Kutta only (dopri5); {name!r} is not "
+                             f"available there: use scipy:{name} or julia:{name}")
+        return SolverChoice(name, "torch", "dopri5")
+    return SolverChoice(name, "julia", name)
+
+
+def integrate(rhs, y0, t0: float, t1: float, t_eval, choice: SolverChoice, rtol: float, atol: float):
+    """Solve ``dy/dt = rhs(t, y)`` from ``t0`` to ``t1`` (either direction) and return
+    ``(Y, stats)`` with ``Y (len(t_eval), *y0.shape)`` the solution at ``t_eval`` (ordered from
+    t0 towards t1; every point must lie in the interval). Raises :class:`SolverError`."""
+    if choice.backend == "scipy":
+        from .scipy_backend import integrate_scipy
+        return integrate_scipy(rhs, y0, t0, t1, t_eval, choice, rtol, atol)
+    if choice.backend == "torch":
+        from .torch_rk import integrate_torch
+        return integrate_torch(rhs, y0, t0, t1, t_eval, choice, rtol, atol)
+    raise ValueError(f"backend {choice.backend!r} does not integrate single ODEs from Python")
