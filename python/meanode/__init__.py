@@ -6,7 +6,9 @@ Finite networks (:func:`train_resnet`) and their limits (:func:`mean_ode_limit`,
 
 from .blocks import ACTIVATIONS, Activation, Block, TwoLayerBlock, get_activation
 from .data import Problem, coupled_embeddings, default_data
+from .limit import LimitResult, lazy_limit, mean_ode_limit
 from .resnet import MLU, Scaling, TrainResult, init_weights, resnet_gradient, train_resnet
+from .solvers import SolverError
 
 __version__ = "0.1.0"
 
@@ -14,4 +16,5 @@ __all__ = [
     "ACTIVATIONS", "Activation", "Block", "TwoLayerBlock", "get_activation",
     "Problem", "coupled_embeddings", "default_data",
     "MLU", "Scaling", "TrainResult", "init_weights", "resnet_gradient", "train_resnet",
+    "LimitResult", "lazy_limit", "mean_ode_limit", "SolverError",
 ]

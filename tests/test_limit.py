@@ -1,0 +1,158 @@
+"""The Neural Mean ODE limit (SPEC §3–4): exact references agree, refinement converges honestly,
+solvers agree, and finite ResNets converge to it at the predicted rate."""
+
+import numpy as np
+import pytest
+import torch
+
+import meanode as mn
+from meanode import measure
+from meanode.limit import lazy_limit, mean_ode_limit
+from meanode.solvers import SolverError, integrate, resolve_solver
+
+
+@pytest.fixture(scope="module")
+def prob():
+    return mn.Problem.default(D=2)
+
+
+def test_closure_and_quadrature_agree_for_identity(prob):
+    """sigma = id: the units stay linear in z, so a 4-node Gauss–Hermite rule is exact and must
+    reproduce the second-moment closure (SPEC §4.1) to 1e-10."""
+    kw = dict(alpha=1.0, eta=0.2, steps=4, activation="identity")
+    closure = mean_ode_limit(**prob.arrays(), method="closure", **kw)
+    quad = mean_ode_limit(**prob.arrays(), method="quadrature", rule="gauss_hermite", level=4, **kw)
+    assert closure.method == "closure" and mean_ode_limit(**prob.arrays(), **kw).method == "closure"
+    assert np.abs(closure.f - quad.f).max() < 1e-10
+    assert np.abs(closure.h - quad.h).max() < 1e-10
+    assert closure.error_estimate < 1e-7
+    assert np.all(np.diff(closure.loss) < 0)
+
+
+def test_step_zero_is_the_identity_map_and_trajectories_are_dense(prob):
+    """At k = 0 the drift vanishes: h_0(s, x) = W_E x for all s; h_at/b_at interpolate the
+    recorded trajectories and meet the boundary conditions."""
+    res = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=2, level=6)
+    h0 = prob.X @ prob.W_E.T
+    assert np.abs(res.h_at([0.0, 0.3, 0.77, 1.0], k=0) - h0).max() < 1e-12
+    assert np.abs(res.h_at(1.0) - res.h).max() < 1e-13 and np.abs(res.h_at(0.0, k=2) - h0).max() < 1e-13
+    N, D = prob.X.shape[0], 2
+    b1 = (res.f[:2] - prob.Y) @ prob.W_U.T / (N * D)
+    assert np.abs(res.b_at(1.0) - b1).max() < 1e-13
+    assert res.f.shape == (3, 10, 5) and res.h.shape == (3, 10, 2) and res.B.shape[0] == 2
+    assert res.stats["nfev"] > 0 and res.stats["nsteps"] > 0 and res.solver.method == "DOP853"
+
+
+def test_limit_does_not_depend_on_depth_nodes(prob):
+    kw = dict(alpha=1.0, eta=0.5, steps=3, level=6)
+    a = mean_ode_limit(**prob.arrays(), depth_nodes=25, **kw)
+    b = mean_ode_limit(**prob.arrays(), depth_nodes=41, **kw)
+    assert np.abs(a.f - b.f).max() < 1e-9
+
+
+def test_quadrature_refinement_converges_with_honest_estimates(prob):
+    """Gauss–Hermite n = 6, 8, ..., 14 on tanh: the error estimate (gap to n - 2) decreases,
+    and each level's estimate bounds its distance to the next level (the next change)."""
+    kw = dict(alpha=1.0, eta=0.2, steps=2)
+    levels = [6, 8, 10, 12, 14]
+    runs = [mean_ode_limit(**prob.arrays(), level=n, **kw) for n in levels]
+    est = [r.error_estimate for r in runs]
+    assert all(a > b for a, b in zip(est, est[1:])), est
+    for this, nxt in zip(runs, runs[1:]):
+        assert np.abs(nxt.f - this.f).max() < this.error_estimate
+
+
+@pytest.mark.parametrize("rule, level", [("smolyak", 5), ("rqmc", 10)])
+def test_other_rules_agree_with_gauss_hermite_within_their_estimates(prob, rule, level):
+    kw = dict(alpha=1.0, eta=0.2, steps=1)
+    ref = mean_ode_limit(**prob.arrays(), level=16, **kw)
+    res = mean_ode_limit(**prob.arrays(), rule=rule, level=level, **kw)
+    assert np.abs(res.f - ref.f).max() < res.error_estimate + ref.error_estimate
+
+
+@pytest.mark.parametrize("activation, level", [("identity", 4), ("tanh", 4)])
+def test_solvers_agree(prob, activation, level):
+    """DOP853, Radau and the torch Runge–Kutta give the same limit at rtol 1e-10 (same nodes)."""
+    kw = dict(alpha=1.0, eta=0.5, steps=2, activation=activation, method="quadrature", level=level,
+              coarse=2, rtol=1e-10, atol=1e-12)
+    ref = mean_ode_limit(**prob.arrays(), solver="DOP853", **kw)
+    for solver in ("Radau", "torch:Tsit5", "BDF"):
+        res = mean_ode_limit(**prob.arrays(), solver=solver, **kw)
+        tol = 1e-6 if solver == "BDF" else 1e-8  # BDF is order <= 5 with a looser global error
+        assert np.abs(res.f - ref.f).max() < tol, solver
+    assert str(mean_ode_limit(**prob.arrays(), solver="Rodas5P", **dict(kw, steps=0)).solver) == \
+        "scipy:Radau (asked Rodas5P)"
+
+
+def test_failed_solve_raises_with_return_code():
+    y0 = torch.ones(1, 1, dtype=torch.float64)
+    for name in ("DOP853", "torch:dopri5"):
+        with pytest.raises(SolverError, match="return code"):
+            integrate(lambda t, y: y * y, y0, 0.0, 2.0, np.linspace(0, 2, 5), resolve_solver(name), 1e-10, 1e-12)
+
+
+def test_lazy_limit_is_the_large_alpha_limit(prob):
+    """The alpha-Mean-ODE approaches the lazy kernel ODE at rate 1/alpha^2 for tanh (SPEC §4.2):
+    fitted slope of the output gap vs alpha in [-2.2, -1.8] over alpha = 4, 8, 16, 32."""
+    kw = dict(eta=0.2, steps=2)
+    lazy = lazy_limit(**prob.arrays(), **kw)
+    alphas = [4.0, 8.0, 16.0, 32.0]
+    gaps = []
+    for a in alphas:
+        res = mean_ode_limit(**prob.arrays(), alpha=a, level=10, **kw)
+        gap = float(measure.rms(res.f - lazy.f))
+        assert res.error_estimate < 0.2 * gap  # the quadrature resolves the gap
+        gaps.append(gap)
+    fit = measure.loglog_slope(alphas, gaps)
+    assert -2.2 < fit.slope < -1.8, (fit, gaps)
+
+
+def test_lazy_limit_identity_matches_closure_at_large_alpha(prob):
+    """With sigma = id both the lazy ODE and the closure are exact; their gap falls like 1/alpha^2."""
+    kw = dict(eta=0.2, steps=2)
+    lazy = lazy_limit(**prob.arrays(), activation="identity", **kw)
+    gaps = [float(np.abs(mean_ode_limit(**prob.arrays(), alpha=a, activation="identity", **kw).f - lazy.f).max())
+            for a in (10.0, 20.0, 40.0)]
+    assert 3.5 < gaps[0] / gaps[1] < 4.5 and 3.5 < gaps[1] / gaps[2] < 4.5, gaps
+
+
+def test_finite_resnets_converge_to_the_limit_at_rate_one_over_sqrt_LM(prob):
+    """tanh, D = 2, alpha = 1, K = 3: with L = M the error a/L + b sqrt(D/(L M)) falls like
+    (L M)^(-1/2); fitted slopes of output and hidden errors within 0.1 of -1/2, and the deep
+    (L M, 1) and square (sqrt, sqrt) shapes give the same error within 20%."""
+    K, seeds = 3, range(16)
+    lim = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=K, level=16)
+    sides = [8, 16, 32, 64]
+    f_err, h_err = [], []
+    for n in sides:
+        r = mn.train_resnet(**prob.arrays(), L=n, M=n, alpha=1.0, eta=0.2, steps=K, seeds=seeds)
+        f_err.append(measure.rms(r.f[:, K] - lim.f[K]))
+        h_err.append(measure.rms(r.h[:, K] - lim.h[K]))
+    assert lim.error_estimate < 0.15 * min(f_err)  # the reference is far below what it measures
+    LM = [n * n for n in sides]
+    for errs in (f_err, h_err):
+        fit = measure.loglog_slope(LM, errs)
+        assert abs(fit.slope + 0.5) < 0.1, (fit, errs)
+    deep = mn.train_resnet(**prob.arrays(), L=1024, M=1, alpha=1.0, eta=0.2, steps=K, seeds=seeds)
+    assert abs(measure.rms(deep.f[:, K] - lim.f[K]) / f_err[2] - 1) < 0.2
+
+
+@pytest.mark.parametrize("kw, exc, word", [
+    (dict(method="exact"), ValueError, "method"),
+    (dict(rule="simpson"), ValueError, "rule"),
+    (dict(solver="Euler"), ValueError, "solver"),
+    (dict(solver="torch:Radau"), ValueError, "torch"),
+    (dict(method="closure"), ValueError, "identity"),
+    (dict(level=4, coarse=4), ValueError, "coarse"),
+    (dict(bogus=1), TypeError, "bogus"),
+    (dict(steps=-1), ValueError, "steps"),
+    (dict(alpha=-1.0), ValueError, "alpha"),
+    (dict(depth_nodes=2), ValueError, "depth_nodes"),
+    (dict(activation="softplus"), ValueError, "softplus"),
+    (dict(Y=np.zeros((3, 5))), ValueError, "Y"),
+])
+def test_bad_limit_input_raises_naming_the_argument(prob, kw, exc, word):
+    args = dict(prob.arrays(), alpha=1.0, eta=0.2, steps=1)
+    args.update(kw)
+    with pytest.raises(exc, match=word):
+        mean_ode_limit(**args)
