@@ -1,4 +1,4 @@
-"""Command line: ``meanode demo | limit-demo``.
+"""Command line: ``meanode demo | doctor``.
 
 ``meanode demo`` trains a small seed ensemble on the default data and measures how the
 initial deviation ``|h^L - h^0|`` scales with L, M and D (predicted ``sqrt(D/(L M))``).
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from . import measure
+from . import doctor, measure
 from .data import Problem
 from .resnet import train_resnet
 
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seeds", type=int, default=8)
     d.add_argument("--threads", type=int, default=2, help="torch threads")
     d.set_defaults(func=demo)
+    doctor.add_parser(sub)
     args = p.parse_args(argv)
     return args.func(args)
 

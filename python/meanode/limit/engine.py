@@ -85,6 +85,19 @@ class LimitResult:
     def steps(self) -> int:
         return self.f.shape[0] - 1
 
+    def __repr__(self) -> str:
+        return (f"LimitResult(method={self.method!r}, steps={self.steps}, N={self.f.shape[1]}, D={self.h.shape[2]}, "
+                f"error_estimate={self.error_estimate:.2e}, solver='{self.solver}')")
+
+    def summary(self) -> str:
+        """A few lines: method, solver, the error bound and its parts, the work done."""
+        parts = ", ".join(f"{k} {v:.1e}" for k, v in self.error_parts.items())
+        st = self.stats
+        return (f"{self.method}: K={self.steps}, loss {self.loss[0]:.6f} -> {self.loss[-1]:.6f}\n"
+                f"  output error <= {self.error_estimate:.2e} (max-abs; {parts})\n"
+                f"  solver {self.solver}: {st['nfev']} RHS evaluations, {st['nsteps']} steps, "
+                f"{st['njev']} Jacobians, {st['nsolves']} solves, {st['wall_time']:.2f} s")
+
     def h_at(self, s, k: int | None = None) -> np.ndarray:
         """``h_k(s, x)``: ``(S, n, D)`` for s of shape (S,), or ``(n, D)`` for a scalar;
         all k (leading axis K+1) when ``k`` is None."""
