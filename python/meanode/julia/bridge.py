@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +48,7 @@ from ..solvers import ODEStats, SolverChoice, SolverError
 __all__ = [
     "JuliaUnavailableError", "JuliaError", "JuliaSolverError", "JULIA_SOLVERS", "INSTALL_HINT",
     "julia_available", "julia_status", "julia_solver_name", "julia_source_path", "find_julia_executable",
-    "resolve_auto_backend", "start", "solve_raw", "mean_ode_limit", "lazy_limit",
+    "resolve_auto_backend", "start", "solve_raw", "run",
 ]
 
 INSTALL_HINT = (

@@ -13,7 +13,6 @@ The update at the depth nodes costs O(1) per step (no replay of earlier steps).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..blocks import Block
