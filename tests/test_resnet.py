@@ -245,3 +245,20 @@ def test_warnings_outside_the_theory():
         _call(L=1, M=1)
     with pytest.warns(UserWarning, match="not smooth"):
         _call(activation="relu")
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_alphas_batch_on_the_ensemble_axis_like_seeds(generic):
+    """alpha given per member (an alpha sweep in one batch) equals separate runs."""
+    prob = mn.Problem.default(D=2)
+    block = (GenericTwoLayer if generic else TwoLayerBlock)(2, "tanh")
+    kw = dict(L=8, M=4, eta=0.3, steps=3, block=block)
+    both = mn.train_resnet(**prob.arrays(), alpha=[1.0, 2.5], seeds=(3, 4), **kw)
+    for e, (a, s) in enumerate([(1.0, 3), (2.5, 4)]):
+        alone = mn.train_resnet(**prob.arrays(), alpha=a, seeds=(s,), **kw)
+        assert np.abs(both.f[e] - alone.f[0]).max() < 1e-13
+    assert both.config["alpha"] == (1.0, 2.5)
+    with pytest.raises(ValueError, match="alpha has 3 values"):
+        mn.train_resnet(**prob.arrays(), alpha=[1.0, 2.0, 3.0], seeds=(0, 1), **kw)
+    with pytest.raises(ValueError, match=r"alpha\[1\]"):
+        mn.train_resnet(**prob.arrays(), alpha=[1.0, -2.0], seeds=(0, 1), **kw)

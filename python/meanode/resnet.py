@@ -131,7 +131,7 @@ class _GenericKernel:
         z = self.params[0]
         hs[0] = h0
         for l in range(z.shape[0]):
-            torch.add(hs[l], self.block.drift(hs[l], z[l], 1.0), alpha=c, out=hs[l + 1])
+            _axpy(hs[l], self.block.drift(hs[l], z[l], 1.0), c, out=hs[l + 1])
 
     def backward(self, c: float, hs: torch.Tensor, b: torch.Tensor, N: int, step, target) -> None:
         """Exact discrete adjoint from ``b = b^L (E, N, D)`` down to layer 1.
@@ -143,7 +143,7 @@ class _GenericKernel:
         z, (tz,) = self.params[0], target
         for l in range(z.shape[0] - 1, -1, -1):
             v_h, grad_z = self.block.vjp(hs[l][:, :N], z[l], 1.0, b)
-            b = torch.add(b, v_h, alpha=c)
+            b = _axpy(b, v_h, c)
             _accumulate(tz[l], grad_z, step)
 
 
@@ -172,7 +172,10 @@ class _TwoLayerKernel(_GenericKernel):
         for l in range(L):
             torch.baddbmm(A[l], hs[l], U[l].transpose(1, 2), beta=0.0, alpha=1.0 / D, out=A[l])
             S[l] = sigma(A[l])
-            torch.baddbmm(hs[l], S[l], V[l], alpha=c, out=hs[l + 1])
+            if isinstance(c, float):
+                torch.baddbmm(hs[l], S[l], V[l], alpha=c, out=hs[l + 1])
+            else:
+                torch.addcmul(hs[l], c, torch.bmm(S[l], V[l]), out=hs[l + 1])
 
     def backward(self, c, hs, b, N, step, target):
         U, V = self.params
@@ -191,8 +194,15 @@ class _TwoLayerKernel(_GenericKernel):
                 tU[l].baddbmm_(g.transpose(1, 2), h_prev, alpha=step / D)
             else:
                 _accumulate(tV[l], torch.bmm(S[l].transpose(1, 2), b), step)
-                b = torch.baddbmm(b, g, U[l], alpha=c / D)
+                b = _axpy(b, torch.bmm(g, U[l]), c / D)
                 _accumulate(tU[l], torch.bmm(g.transpose(1, 2), h_prev), step / D)
+
+
+def _axpy(x: torch.Tensor, y: torch.Tensor, c, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x + c y`` with ``c`` a float or a per-member ``(E, 1, 1)`` tensor."""
+    if isinstance(c, float):
+        return torch.add(x, y, alpha=c, out=out)
+    return torch.addcmul(x, c, y, out=out)
 
 
 def _accumulate(target: torch.Tensor, g: torch.Tensor, step) -> None:
@@ -201,6 +211,20 @@ def _accumulate(target: torch.Tensor, g: torch.Tensor, step) -> None:
         target.add_(g, alpha=step)
     else:
         target.add_(g * step)
+
+
+def _alphas(alpha, E: int) -> tuple[float, ...]:
+    """``alpha`` as one positive value per ensemble member."""
+    if isinstance(alpha, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(alpha, str):
+        vals = tuple(positive_float(f"alpha[{i}]", float(a)) for i, a in enumerate(alpha))
+        if len(vals) != E:
+            raise ValueError(f"alpha has {len(vals)} values but there are {E} seeds (one alpha per member)")
+        return vals
+    return (positive_float("alpha", alpha),) * E
+
+
+def _scalar_or_list(x):
+    return x if isinstance(x, float) else x.reshape(-1).tolist()
 
 
 def _kernel(block: Block, z: torch.Tensor) -> _GenericKernel:
@@ -228,7 +252,7 @@ def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Blo
     return 0.5 * r.pow(2).sum(dim=(1, 2)) / N, grad.transpose(0, 1)
 
 
-def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, steps: int,
+def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[float], eta: float, steps: int,
                  activation: str = "tanh", seeds: Sequence[int] = (0,), init=None, device="cpu",
                  dtype: torch.dtype = torch.float64, block: Block | None = None,
                  scaling: Scaling = MLU, X_eval=None, record_hidden: bool = False,
@@ -238,7 +262,9 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
     Arguments:
         X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out): numpy arrays or tensors
             (tensors must already have ``dtype`` and ``device``).
-        L, M: depth and units per layer. alpha: residual scale. eta: normalised learning rate.
+        L, M: depth and units per layer. eta: normalised learning rate.
+        alpha: residual scale; a sequence of E values gives each ensemble member its own alpha
+            (member e: seed ``seeds[e]``, alpha ``alpha[e]``), so alpha sweeps batch like seeds.
         steps: K, the number of GD steps; records hold K+1 entries.
         activation: sigma of the 2LP block (ignored when ``block`` is given).
         seeds: one weight seed per ensemble member (see :func:`init_weights`).
@@ -259,7 +285,6 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
     L = positive_int("L", L)
     M = positive_int("M", M)
     K = nonnegative_int("steps", steps)
-    alpha = positive_float("alpha", alpha)
     eta = positive_float("eta", eta, allow_zero=True)
     divergence_threshold = positive_float("divergence_threshold", divergence_threshold)
     if not isinstance(scaling, Scaling):
@@ -275,6 +300,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
     if len(seeds) < 1:
         raise ValueError("seeds must name at least one seed")
     E = len(seeds)
+    alphas = _alphas(alpha, E)
 
     if init is None:
         z = init_weights(block, L, M, seeds, dtype, device)
@@ -284,8 +310,13 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
     z0_norm = z0.pow(2).sum(dim=(0, 2, 3)).sqrt()
     kernel = _kernel(block, z0.clone())
 
-    c = scaling.multiplier(alpha, L, M)
-    lam = scaling.learning_rate(eta, alpha, L, M, block.kappa)
+    if len(set(alphas)) == 1:
+        c = scaling.multiplier(alphas[0], L, M)
+        lam = scaling.learning_rate(eta, alphas[0], L, M, block.kappa)
+    else:  # one value per member, broadcast over (E, n, *)
+        c = torch.tensor([scaling.multiplier(a, L, M) for a in alphas], dtype=dtype, device=device).reshape(E, 1, 1)
+        lam = torch.tensor([scaling.learning_rate(eta, a, L, M, block.kappa) for a in alphas], dtype=dtype,
+                           device=device).reshape(E, 1, 1)
 
     X_all = X if X_eval is None else torch.cat([X, X_eval])
     n_all = X_all.shape[0]
@@ -321,7 +352,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
         # backward: exact discrete adjoint, updating each layer as soon as its gradient is known
         step = -lam * c
         if not bool(active.all()):
-            step = (step * active.to(dtype)).reshape(E, 1, 1)
+            step = step * active.to(dtype).reshape(E, 1, 1)
         kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, step, kernel.params)
 
     movement = (kernel.units() - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
@@ -335,8 +366,9 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, st
         unit_movement=movement.cpu().numpy(),
         diverged=(diverged_step >= 0).cpu().numpy(), diverged_step=diverged_step.cpu().numpy(),
         seeds=seeds,
-        config=dict(L=L, M=M, D=D, N=N, alpha=alpha, eta=eta, steps=K, block=repr(block),
-                    scaling=(scaling.a, scaling.b), multiplier=c, learning_rate=lam,
+        config=dict(L=L, M=M, D=D, N=N, alpha=alphas[0] if len(set(alphas)) == 1 else alphas, eta=eta, steps=K,
+                    block=repr(block), scaling=(scaling.a, scaling.b), multiplier=_scalar_or_list(c),
+                    learning_rate=_scalar_or_list(lam),
                     dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold),
         wall_time=time.perf_counter() - t0,
     )
