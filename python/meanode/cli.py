@@ -1,4 +1,4 @@
-"""Command line: ``meanode demo | doctor``.
+"""Command line: ``meanode reproduce | sweep | demo | doctor``.
 
 ``meanode demo`` trains a small seed ensemble on the default data and measures how the
 initial deviation ``|h^L - h^0|`` scales with L, M and D (predicted ``sqrt(D/(L M))``).
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from . import doctor, measure
+from . import doctor, measure, reproduce
 from .data import Problem
 from .resnet import train_resnet
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--threads", type=int, default=2, help="torch threads")
     d.set_defaults(func=demo)
     doctor.add_parser(sub)
+    reproduce.add_parsers(sub)
     args = p.parse_args(argv)
     return args.func(args)
 

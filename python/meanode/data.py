@@ -69,10 +69,11 @@ class Problem:
     def default(cls, D: int = 2, *, N: int = 10, d_in: int = 5, d_out: int = 5, data_seed: int = 0,
                 embed_seed: int = 0, D_max: int | None = None, N_eval: int = 0) -> "Problem":
         """SPEC §1 defaults: ``N = 10``, ``d_in = d_out = 5``, coupled embeddings at ``D_max``."""
-        X, Y = default_data(N + N_eval, d_in, d_out, seed=data_seed)
+        X, Y = default_data(N, d_in, d_out, seed=data_seed)
         W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=embed_seed, D_max=D_max)
-        X_eval = X[N:] if N_eval else None
-        return cls(X[:N], Y[:N], W_E, W_U, X_eval)
+        # held-out inputs from their own stream: asking for them never changes the training set
+        X_eval = np.random.default_rng([data_seed, 2]).standard_normal((N_eval, d_in)) if N_eval else None
+        return cls(X, Y, W_E, W_U, X_eval)
 
     def arrays(self) -> dict:
         """Keyword arguments for :func:`meanode.train_resnet` and the limit functions."""

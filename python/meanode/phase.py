@@ -112,7 +112,7 @@ def linearised_outputs(X, Y, W_E, W_U, z0: torch.Tensor, *, alpha: float, eta: f
     """
     X, Y, W_E, W_U = (_tensor(a) for a in (X, Y, W_E, W_U))
     E, L, M, _ = z0.shape
-    D, N = W_E.shape[0], X.shape[0]
+    D = W_E.shape[0]
     block = TwoLayerBlock(D, activation)
     c = scaling.multiplier(alpha, L, M)
     lam = scaling.learning_rate(eta, alpha, L, M, block.kappa)

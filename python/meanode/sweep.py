@@ -40,8 +40,8 @@ network as reference"; hidden states are compared on the first D coordinates, th
 being coupled), with error estimate its seed standard error; ``none`` measures only the
 reference-free observables. The reference's ``error_estimate`` is stored with every point.
 
-Point files (format ``meanode-sweep-point/1``, netCDF4 via h5netcdf)
----------------------------------------------------------------------
+Point files (format ``meanode-sweep-point/1``; netCDF3 via scipy, see :data:`POINT_ENGINE`)
+-------------------------------------------------------------------------------
 ``OUT/points/<label>__<key>.nc``; ``key`` hashes everything that determines the numbers
 (settings, seeds, reference and measure specs, format version). A file is written to a
 temporary name and moved into place with :func:`os.replace`, so a file that exists is complete.
@@ -81,14 +81,17 @@ False, floats NaN, ``diverged`` -1, ``diverged_step`` -2).
 
 Execution
 ---------
-:func:`run_point` is a pure function of ``(spec, point, out_dir)`` (deterministic given the
-seeds) returning the file path; :func:`run_reference` likewise for a reference. An
-:class:`Executor` runs such tasks and yields outcomes as they complete; :class:`LocalExecutor`
-(a process pool; ``workers <= 1`` runs in-process) is the default. A new backend (e.g. Dask)
-subclasses :class:`Executor` and registers a factory with :func:`register_executor`, after which
-``make_executor("dask:tcp://...")`` works without touching the point computation.
-:func:`run_sweep` skips points whose file exists, so a killed sweep restarted with the same
-spec computes only what is missing.
+:func:`run_point` ``(spec, point, out_dir, ref_dir=None) -> path`` is a pure function of its
+arguments (deterministic given the seeds) that writes one point file; :func:`run_reference` does
+the same for a reference. An :class:`Executor` has two methods, ``submit(fn, *args)`` and
+``wait(futures)`` (the ``concurrent.futures`` / ``dask.distributed`` shape); :class:`LocalExecutor`
+(spawned processes, one torch thread each; ``workers <= 1`` runs in-process) is the default and
+:class:`SerialExecutor` runs in-process. A Dask executor subclasses :class:`Executor` and
+registers a factory with :func:`register_executor`, after which ``make_executor("dask:ADDRESS")``
+and ``meanode sweep FILE --scheduler dask:ADDRESS`` work without touching the point computation.
+:func:`run_sweeps` submits the missing references first (with the points that need none) and
+each dependent point as soon as its reference is on disk; points already on disk are skipped, so
+a killed sweep restarted with the same spec computes only what is missing.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ import platform
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +119,8 @@ import numpy as np
 __all__ = [
     "SWEEPABLE", "DEFAULTS", "FORMAT", "SweepSpecError", "SweepError", "ReferenceSpec", "MeasureSpec", "SweepSpec",
     "Point", "run_point", "run_reference", "run_sweep", "SweepResult", "merge_points", "load_sweep",
-    "Executor", "SerialExecutor", "LocalExecutor", "TaskOutcome", "make_executor", "register_executor", "EXECUTORS",
+    "run_sweeps", "Executor", "SerialExecutor", "LocalExecutor", "call_task", "make_executor", "register_executor",
+    "EXECUTORS",
     "estimate_point_seconds", "estimate_reference_seconds", "point_memory_bytes", "plan_summary",
 ]
 
@@ -624,11 +628,19 @@ def reference_path(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
     return None if key is None else Path(ref_dir) / f"ref__{key}.nc"
 
 
-def _atomic_write(ds, path: Path) -> None:
+#: netCDF flavour of the small per-point and reference files: netCDF3 (64-bit offset) through
+#: scipy. h5netcdf/HDF5 costs ~0.5 s per small file in dimension-scale bookkeeping (35x more),
+#: minutes of a quick run; the merged dataset, one file per sweep, is netCDF4 via h5netcdf.
+#: ``xarray.open_dataset`` reads both without an ``engine`` argument.
+POINT_ENGINE = dict(engine="scipy", format="NETCDF3_64BIT")
+MERGED_ENGINE = dict(engine="h5netcdf")
+
+
+def _atomic_write(ds, path: Path, engine: dict = POINT_ENGINE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        ds.to_netcdf(tmp, **engine)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -652,7 +664,6 @@ def _problem(s: dict):
 
 def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
     """Compute (or find) the cached reference of ``point``; returns its path (None: method none)."""
-    import torch
     import xarray as xr
 
     path = reference_path(spec, point, ref_dir)
@@ -664,24 +675,22 @@ def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
     method = ident["method"]
     t0 = time.perf_counter()
     if method == "network":
-        from .resnet import train_resnet
         Dr = ident["D"]
         rs = dict(s, D=Dr, L=ref.L, M=ref.M)
         rs["alpha_eff"] = s["alpha"] * (float(Dr) ** (s["gamma"] - 0.5) if s.get("gamma") is not None else 1.0)
         prob = _problem(rs)
-        res = train_resnet(**prob.arrays(), L=ref.L, M=ref.M, alpha=rs["alpha_eff"], eta=s["eta"], steps=s["K"],
-                           activation=s["activation"], seeds=ref.seeds, device=_device(s["device"]),
-                           dtype=getattr(torch, s["dtype"]), divergence_threshold=s["divergence_threshold"])
+        res = _train(prob, rs, tuple(ref.seeds), ref.L, ref.M, rs["alpha_eff"])
         if res.diverged.any():
             raise RuntimeError(f"the reference network (L={ref.L}, M={ref.M}, D={Dr}) diverged for seeds "
                                f"{np.asarray(ref.seeds)[res.diverged].tolist()}: choose a smaller eta")
         E = len(ref.seeds)
-        sem = lambda x: float(np.max(x.std(axis=0, ddof=1)) / math.sqrt(E)) if E > 1 else float("nan")  # noqa: E731
+        # statistical error of the seed mean: the standard error, RMS over samples and outputs,
+        # largest over the steps (the Euler bias of the reference's own L is not included)
+        err = float(np.max(np.sqrt(np.mean(res.f.var(axis=0, ddof=1), axis=(1, 2)) / E))) if E > 1 else float("nan")
         f, h = res.f.mean(0), res.h.mean(0)
         f_eval = None if res.f_eval is None else res.f_eval.mean(0)
         h_eval = None if res.h_eval is None else res.h_eval.mean(0)
-        err = 3.0 * sem(res.f)
-        parts = {"seed_mean (3 standard errors, max-abs)": err}
+        parts = {"seed_mean_standard_error": err}
         label = f"network(L={ref.L}, M={ref.M}, D={Dr}, {E} seeds)"
     else:
         from .limit import lazy_limit, mean_ode_limit
@@ -711,7 +720,7 @@ def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
 
 def _load_reference(path: Path) -> dict:
     import xarray as xr
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
+    with xr.open_dataset(path, engine=POINT_ENGINE["engine"]) as ds:
         ds.load()
         out = {k: ds[k].values for k in ds.data_vars}
         out.update(error_estimate=float(ds.attrs["error_estimate"]), method=str(ds.attrs["method"]),
@@ -733,23 +742,51 @@ def _fluct(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(x.var(axis=0, ddof=1), axis=axes))
 
 
+#: Memory budget of one training call; a point whose seed ensemble needs more is trained in seed
+#: chunks (the results are concatenated; each seed's weights depend only on its own seed).
+MAX_POINT_BYTES = int(float(os.environ.get("MEANODE_MAX_POINT_GB", "16")) * 2**30)
+
+
+def seed_chunk(s: dict, n_seeds: int) -> int:
+    """How many seeds one training call takes for settings ``s`` under :data:`MAX_POINT_BYTES`."""
+    per_seed = point_memory_bytes(s, 1)
+    return max(1, min(n_seeds, int(MAX_POINT_BYTES // max(per_seed, 1))))
+
+
+def _train(prob, s: dict, seeds: tuple, L: int, M: int, alpha: float, scaling=None):
+    """:func:`meanode.train_resnet` over ``seeds``, in chunks of :func:`seed_chunk` seeds."""
+    import torch
+
+    from .resnet import MLU, TrainResult, train_resnet
+    kw = dict(L=L, M=M, alpha=alpha, eta=s["eta"], steps=s["K"], activation=s["activation"],
+              device=_device(s["device"]), dtype=getattr(torch, s["dtype"]), scaling=scaling or MLU,
+              divergence_threshold=s["divergence_threshold"])
+    n = seed_chunk(dict(s, L=L, M=M), len(seeds))
+    parts = [train_resnet(**prob.arrays(), seeds=seeds[i:i + n], **kw) for i in range(0, len(seeds), n)]
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
+                        else np.concatenate([getattr(p, name) for p in parts]))
+    return TrainResult(f=cat("f"), h=cat("h"), loss=cat("loss"), f_eval=cat("f_eval"), h_eval=cat("h_eval"),
+                       hidden=None, unit_movement=cat("unit_movement"), diverged=cat("diverged"),
+                       diverged_step=cat("diverged_step"), seeds=tuple(seeds), config=dict(parts[0].config, seed_chunk=n),
+                       wall_time=sum(p.wall_time for p in parts))
+
+
 def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
     """Train the point's seed ensemble and measure it (SPEC §7): an :class:`xarray.Dataset`."""
     import torch
     import xarray as xr
 
     from . import phase
-    from .resnet import Scaling, train_resnet
+    from .resnet import Scaling
 
     t0 = time.perf_counter()
     s = spec.settings(point)
     seeds = spec.point_seeds(point)
     prob = _problem(s)
     scaling = Scaling(s["a"], s["b"])
-    res = train_resnet(**prob.arrays(), L=s["L"], M=s["M"], alpha=s["alpha_eff"], eta=s["eta"], steps=s["K"],
-                       activation=s["activation"], seeds=seeds, device=_device(s["device"]),
-                       dtype=getattr(torch, s["dtype"]), scaling=scaling,
-                       divergence_threshold=s["divergence_threshold"])
+    res = _train(prob, s, seeds, s["L"], s["M"], s["alpha_eff"], scaling)
     store_h = spec.measure.store_h
     store_h = (s["D"] <= 64) if store_h == "auto" else bool(store_h)
     h0 = prob.X @ prob.W_E.T
@@ -805,6 +842,12 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
     v["computed"] = ((), True)
     coords = {"seed": list(seeds), "step": np.arange(s["K"] + 1)}
     ds = xr.Dataset(v, coords=coords)
+    if "seed" in dict(point.params):
+        # one point per seed: every variable gets the seed axis; the merge recomputes the
+        # aggregates over all seeds (see merge_points)
+        for name in list(ds.data_vars):
+            if "seed" not in ds[name].dims:
+                ds[name] = ds[name].expand_dims(seed=ds["seed"].values)
     expand = {k: [val] for k, val in point.params if k != "seed"}
     if expand:
         ds = ds.expand_dims(expand)
@@ -849,7 +892,7 @@ def merge_points(spec: SweepSpec, paths: Sequence[os.PathLike]):
 
     dsets = []
     for p in paths:
-        with xr.open_dataset(p, engine="h5netcdf") as ds:
+        with xr.open_dataset(p, engine=POINT_ENGINE["engine"]) as ds:
             dsets.append(ds.load())
     swept = [k for k in spec.swept if k != "seed"]
     coords: dict[str, list] = {}
@@ -907,9 +950,37 @@ def merge_points(spec: SweepSpec, paths: Sequence[os.PathLike]):
                     sel.append(list(range(var.sizes[d])))
             out[name][1][np.ix_(*sel)] = var.values
     merged = xr.Dataset(out, coords=coords)
+    if "seed" in spec.swept:
+        merged = _aggregate_over_seeds(merged)
     merged.attrs.update(format="meanode-sweep/1", sweep=spec.name, spec=json.dumps(spec.to_dict(), default=str),
                         swept=json.dumps(swept), n_points=len(dsets))
     return merged
+
+
+def _aggregate_over_seeds(ds):
+    """For sweeps with ``seed`` swept (one point per seed): collapse the per-seed copies of
+    per-point variables and recompute the SPEC §7 aggregates over all seeds of each cell."""
+    out = ds.copy()
+    for name in list(ds.data_vars):
+        if name.startswith(("total_", "euler_", "fluct_")) or name in ("computed", "wall_time"):
+            out = out.drop_vars(name)
+        elif name.endswith("_ref") or name == "ref_error":
+            out[name] = ds[name].max("seed") if ds[name].dtype.kind == "f" else ds[name].isel(seed=0)
+    out["computed"] = ds["computed"].all("seed")
+    out["wall_time"] = ds["wall_time"].sum("seed", min_count=1)
+    E = ds.sizes["seed"]
+    for X, space in (("f", "out"), ("h", "coord"), ("f_eval", "out"), ("h_eval", "coord")):
+        samples = "sample_eval" if X.endswith("_eval") else "sample"
+        if X in ds:
+            x = ds[X]
+            fl = np.sqrt((x.var("seed", ddof=1) if E > 1 else x.isel(seed=0) * np.nan).mean((samples, space), skipna=False))
+            out[f"fluct_{X}"] = fl
+            if f"{X}_ref" in out:
+                d = x - out[f"{X}_ref"]
+                out[f"euler_{X}"] = np.sqrt((d.mean("seed", skipna=False) ** 2).mean((samples, space), skipna=False))
+        if f"err_{X}" in ds:
+            out[f"total_{X}"] = np.sqrt((ds[f"err_{X}"] ** 2).mean("seed", skipna=False))
+    return out
 
 
 def load_sweep(out_dir):
@@ -921,40 +992,44 @@ def load_sweep(out_dir):
 
 # --- executors -----------------------------------------------------------------------------------
 
-@dataclass
-class TaskOutcome:
-    index: int
-    result: Any = None
-    error: str | None = None
-
-
 def _worker_init(threads: int = 1) -> None:
     import torch
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def _call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, str | None]:
+def call_task(fn: Callable, *args, **kwargs) -> tuple[Any, str | None]:
+    """Run ``fn`` and return ``(result, None)`` or ``(None, traceback text)``: what every executor
+    ships back, so no exception object ever needs pickling."""
     try:
         return fn(*args, **kwargs), None
-    except BaseException as e:  # noqa: BLE001 - reported to the driver, never swallowed
-        if isinstance(e, KeyboardInterrupt):
-            raise
+    except Exception as e:  # noqa: BLE001 - reported to the driver, never swallowed
         return None, "".join(traceback.format_exception(type(e), e, e.__traceback__))
 
 
 class Executor:
-    """Runs independent tasks ``fn(*args, **kwargs)`` and yields :class:`TaskOutcome` as they finish.
+    """Where tasks run. Two methods, modelled on ``concurrent.futures`` and ``dask.distributed``:
 
-    Subclasses implement :meth:`run`; ``fn`` is a module-level function and ``args`` are picklable
-    (frozen specs and points), so the same tasks can go to processes or to a cluster.
+    * ``submit(fn, *args, **kwargs)`` -> a future whose ``result()`` is what
+      :func:`call_task` returns, ``(result, error_text)``;
+    * ``wait(futures)`` -> ``(done, not_done)``, blocking until at least one is done.
+
+    ``fn`` is a module-level function (:func:`run_point`, :func:`run_reference`) and the arguments
+    are picklable (frozen specs and points, strings), so the tasks can go to threads, processes or
+    a cluster. A Dask executor wraps ``client.submit(call_task, fn, ...)`` and
+    ``distributed.wait(..., return_when="FIRST_COMPLETED")`` and registers itself with
+    :func:`register_executor`.
     """
 
     name = "executor"
     workers = 1
 
-    def run(self, fn: Callable, tasks: Sequence[tuple[tuple, dict]]) -> Iterator[TaskOutcome]:
+    def submit(self, fn: Callable, *args, **kwargs):
         raise NotImplementedError
+
+    def wait(self, futures):
+        done, not_done = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
+        return set(done), set(not_done)
 
     def close(self) -> None:
         pass
@@ -970,19 +1045,19 @@ class Executor:
 
 
 class SerialExecutor(Executor):
-    """In-process, one task at a time (debugging, tests, tiny sweeps)."""
+    """In-process, each task run when submitted (debugging, tests, tiny sweeps)."""
 
     name = "serial"
 
-    def run(self, fn, tasks):
-        for i, (args, kwargs) in enumerate(tasks):
-            res, err = _call(fn, args, kwargs)
-            yield TaskOutcome(i, res, err)
+    def submit(self, fn, *args, **kwargs):
+        fut: cf.Future = cf.Future()
+        fut.set_result(call_task(fn, *args, **kwargs))
+        return fut
 
 
 class LocalExecutor(Executor):
-    """A pool of ``workers`` local processes (spawned; torch limited to ``threads`` each).
-    ``workers <= 1`` runs in-process."""
+    """A pool of ``workers`` local processes (spawned; torch limited to ``threads`` threads each).
+    ``workers <= 1`` runs in-process (:class:`SerialExecutor`)."""
 
     name = "local"
 
@@ -990,30 +1065,15 @@ class LocalExecutor(Executor):
         self.workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
         self.threads = threads
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._serial = SerialExecutor() if self.workers <= 1 else None
 
-    def _get_pool(self) -> cf.ProcessPoolExecutor:
+    def submit(self, fn, *args, **kwargs):
+        if self._serial is not None:
+            return self._serial.submit(fn, *args, **kwargs)
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_worker_init, initargs=(self.threads,))
-        return self._pool
-
-    def run(self, fn, tasks):
-        if self.workers <= 1:
-            yield from SerialExecutor().run(fn, tasks)
-            return
-        pool = self._get_pool()
-        futs = {pool.submit(_call, fn, args, kwargs): i for i, (args, kwargs) in enumerate(tasks)}
-        try:
-            for fut in cf.as_completed(futs):
-                i = futs[fut]
-                try:
-                    res, err = fut.result()
-                except Exception as e:  # a worker died (killed, out of memory): report, keep going
-                    res, err = None, f"{type(e).__name__}: {e}"
-                yield TaskOutcome(i, res, err)
-        finally:
-            for fut in futs:
-                fut.cancel()
+        return self._pool.submit(call_task, fn, *args, **kwargs)
 
     def close(self):
         if self._pool is not None:
@@ -1022,18 +1082,27 @@ class LocalExecutor(Executor):
 
 
 def _local_factory(arg: str | None) -> Executor:
+    """``local:N``: a Dask LocalCluster of N worker processes on loopback when N > 1 (the default
+    for parallel runs, issue 6), the in-process serial executor for N = 1; ``local`` alone uses
+    every core. Without dask installed, a process pool (as ``pool:N``)."""
     if arg in (None, ""):
-        return LocalExecutor()
-    try:
-        n = int(arg)
-    except ValueError:
-        raise ValueError(f"local executor takes a worker count, as in 'local:2', got {arg!r}") from None
+        n = os.cpu_count() or 1
+    else:
+        try:
+            n = int(arg)
+        except ValueError:
+            raise ValueError(f"the local scheduler takes a worker count, as in 'local:2', got {arg!r}") from None
+    if n > 1:
+        from .distributed import DaskExecutor, dask_available
+        if dask_available()[0]:
+            return DaskExecutor.local(n)
     return LocalExecutor(n)
 
 
 #: Executor factories by scheduler name: ``"name"`` or ``"name:arg"`` -> ``factory(arg)``.
 EXECUTORS: dict[str, Callable[[str | None], Executor]] = {
     "local": _local_factory,
+    "pool": lambda arg: LocalExecutor(int(arg) if arg else None),
     "serial": lambda arg: SerialExecutor(),
 }
 
@@ -1044,19 +1113,26 @@ def register_executor(name: str, factory: Callable[[str | None], Executor]) -> N
 
 
 def make_executor(spec: str | int | Executor | None = None) -> Executor:
-    """``None`` (local, all cores), an int (local workers), ``"local:N"``, ``"serial"``, a registered
-    ``"name:arg"``, or an :class:`Executor` (returned as is)."""
+    """``None`` (local, all cores), an int (local workers), ``"local:N"`` (Dask LocalCluster),
+    ``"pool:N"`` (process pool), ``"serial"``, ``"tcp://HOST:PORT"`` (an existing Dask scheduler),
+    a registered ``"name:arg"``, or an :class:`Executor` (returned as is)."""
     if isinstance(spec, Executor):
         return spec
     if spec is None:
-        return LocalExecutor()
+        return EXECUTORS["local"](None)
     if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
-        return LocalExecutor(int(spec))
+        return EXECUTORS["local"](str(int(spec)))
     if not isinstance(spec, str):
         raise TypeError(f"executor must be a name like 'local:2', an int or an Executor, got {spec!r}")
     name, _, arg = spec.partition(":")
     if name not in EXECUTORS:
-        raise ValueError(f"unknown scheduler {name!r}; known: {sorted(EXECUTORS)} (others register with "
+        try:
+            from . import distributed  # noqa: F401 - registers dask-local, dask, tcp, tls
+        except ImportError:
+            pass
+    if name not in EXECUTORS:
+        hint = " (pip install 'meanode[dask]')" if name in ("dask", "dask-local", "tcp", "tls") else ""
+        raise ValueError(f"unknown scheduler {name!r}{hint}; known: {sorted(EXECUTORS)} (others register with "
                          "meanode.sweep.register_executor)")
     return EXECUTORS[name](arg or None)
 
@@ -1080,8 +1156,8 @@ def estimate_reference_seconds(ident: dict) -> float:
     m = ident["method"]
     K1 = ident["K"] + 1
     n = ident["N"] + ident["N_eval"]
-    if m == "closure":
-        return 0.3 + 1e-3 * K1 * ident["D"] ** 2
+    if m == "closure":  # measured: 1.1 s at D = 64, K = 15 on one core, ~D^2
+        return 0.3 + 1.1 * (ident["D"] / 64) ** 2 * K1 / 16
     if m == "lazy":
         return 1.0 * K1 ** 2 * n / 20
     if m == "network":
@@ -1112,7 +1188,7 @@ def plan_summary(spec: SweepSpec, out_dir=None) -> dict:
         s = spec.settings(p)
         E = len(spec.point_seeds(p))
         cost += estimate_point_seconds(s, E, spec.measure)
-        mem = max(mem, point_memory_bytes(s, E))
+        mem = max(mem, point_memory_bytes(s, seed_chunk(s, E)))
         ident = reference_identity(spec, p)
         if ident is not None:
             refs[_sha(dict(v=FORMAT, **ident))] = ident
@@ -1140,77 +1216,122 @@ class SweepResult:
     wall_time: float = 0.0
 
 
-def _progress(total: float, desc: str, enabled: bool, n_items: int):
+def run_sweeps(jobs: Sequence[tuple[SweepSpec, os.PathLike | str]], *, executor: str | int | Executor | None = None,
+               ref_dir=None, progress: bool = True, merge: bool = True) -> list[SweepResult]:
+    """Run the missing points of several sweeps with one executor, then merge each sweep.
+
+    Missing references are submitted first, together with the points that need none (largest
+    first); a point that needs a reference is submitted as soon as that reference is on disk.
+    Points already on disk are skipped, so an interrupted run resumes where it stopped. A failed
+    task does not stop the others; :class:`SweepError` is raised at the end and nothing is merged
+    for the sweeps it touched. ``ref_dir`` (default ``<out_dir>/references`` of each sweep) is
+    where references are cached; share it between sweeps to compute each reference once.
+    """
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="s-est", leave=True, dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]", postfix=f"0/{n_items}")
 
+    t0 = time.perf_counter()
+    prepared = []
+    ref_tasks: dict[Path, tuple] = {}
+    waiting: dict[Path, list] = {}
+    ready = []
+    for j, (spec, out) in enumerate(jobs):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        rdir = Path(ref_dir) if ref_dir is not None else out / "references"
+        (out / "sweep.yaml").write_text(spec.to_yaml())
+        pts = spec.points()
+        paths = [point_path(spec, p, out) for p in pts]
+        pending = [p for p, path in zip(pts, paths) if not path.exists()]
+        prepared.append(dict(spec=spec, out=out, paths=paths, pending=pending, computed=[], failed=[],
+                             skipped=[p.label for p, path in zip(pts, paths) if path.exists()], refs=0))
+        for p in pending:
+            cost = estimate_point_seconds(spec.settings(p), len(spec.point_seeds(p)), spec.measure)
+            task = (j, p, cost, (spec, p, str(out), str(rdir)))
+            rp = reference_path(spec, p, rdir)
+            if rp is None or rp.exists():
+                ready.append(task)
+            else:
+                if rp not in ref_tasks:
+                    ref_tasks[rp] = (j, p, estimate_reference_seconds(reference_identity(spec, p)), (spec, p, str(rdir)))
+                    prepared[j]["refs"] += 1
+                waiting.setdefault(rp, []).append(task)
+    total = sum(t[2] for t in ref_tasks.values()) + sum(t[2] for t in ready) + sum(t[2] for ts in waiting.values() for t in ts)
+    n_refs, n_pts = len(ref_tasks), sum(len(p["pending"]) for p in prepared)
+    own = not isinstance(executor, Executor)
+    ex = make_executor(executor) if (n_refs or n_pts) else None
+    failures: list[str] = []
+    names = ", ".join(p["spec"].name for p in prepared)
+    bar = tqdm(total=max(total, 1e-9), disable=not progress or not (n_refs or n_pts), dynamic_ncols=True, leave=True,
+               desc=names if len(names) < 40 else f"{len(prepared)} sweeps",
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+    futures: dict = {}
+    done_refs = done_pts = 0
 
-def _run_tasks(executor: Executor, fn, tasks, costs, desc, progress) -> list[TaskOutcome]:
-    outcomes = []
-    with _progress(sum(costs), desc, progress, len(tasks)) as bar:
-        for n, oc in enumerate(executor.run(fn, tasks), 1):
-            outcomes.append(oc)
-            bar.update(costs[oc.index])
-            bar.set_postfix_str(f"{n}/{len(tasks)}" + (" (errors)" if any(o.error for o in outcomes) else ""))
-    return outcomes
+    def submit_point(task):
+        j, p, cost, args = task
+        futures[ex.submit(run_point, *args)] = ("point", task)
+
+    try:
+        for rp, task in sorted(ref_tasks.items(), key=lambda kv: -kv[1][2]):
+            futures[ex.submit(run_reference, *task[3])] = ("reference", (rp, task))
+        for task in sorted(ready, key=lambda t: -t[2]):
+            submit_point(task)
+        while futures:
+            done, _ = ex.wait(list(futures))
+            for fut in done:
+                kind, info = futures.pop(fut)
+                try:
+                    _, err = fut.result()
+                except Exception as e:  # a worker died (killed, out of memory): report, keep going
+                    err = f"{type(e).__name__}: {e}"
+                if kind == "reference":
+                    rp, (j, p, cost, _) = info
+                    done_refs += 1
+                    bar.update(min(cost, max(bar.total - bar.n, 0.0)))
+                    deps = waiting.pop(rp, [])
+                    if err:
+                        failures.append(f"reference for {prepared[j]['spec'].name}/{p.label}:\n{err}")
+                        for t in deps:
+                            prepared[t[0]]["failed"].append(t[1].label)
+                            bar.update(min(t[2], max(bar.total - bar.n, 0.0)))
+                    else:
+                        for t in sorted(deps, key=lambda t: -t[2]):
+                            submit_point(t)
+                else:
+                    j, p, cost, _ = info
+                    done_pts += 1
+                    bar.update(min(cost, max(bar.total - bar.n, 0.0)))
+                    if err:
+                        failures.append(f"point {prepared[j]['spec'].name}/{p.label}:\n{err}")
+                        prepared[j]["failed"].append(p.label)
+                    else:
+                        prepared[j]["computed"].append(p.label)
+                bar.set_postfix_str(f"references {done_refs}/{n_refs}, points {done_pts}/{n_pts}"
+                                    + (f", {len(failures)} failed" if failures else ""))
+    finally:
+        bar.close()
+        if own and ex is not None:
+            ex.close()
+    results = []
+    for p in prepared:
+        ds = None
+        merged_path = p["out"] / "merged.nc"
+        if merge and not p["failed"] and not failures:
+            ds = merge_points(p["spec"], p["paths"])
+            ds.attrs["wall_time_last_run"] = time.perf_counter() - t0
+            _atomic_write(ds, merged_path, MERGED_ENGINE)
+        results.append(SweepResult(spec=p["spec"], out_dir=p["out"], dataset=ds, merged_path=merged_path,
+                                   computed=p["computed"], skipped=p["skipped"], references_computed=p["refs"],
+                                   wall_time=time.perf_counter() - t0))
+    if failures:
+        n_done = sum(len(p["paths"]) - len(p["failed"]) for p in prepared)
+        raise SweepError(f"{len(failures)} task(s) failed ({names}); the {n_done} finished points are kept on disk "
+                         f"and a rerun computes only the rest.\nFirst failure: {failures[0]}")
+    return results
 
 
 def run_sweep(spec: SweepSpec, out_dir, *, executor: str | int | Executor | None = None, ref_dir=None,
               progress: bool = True, merge: bool = True) -> SweepResult:
-    """Run every missing point of ``spec`` into ``out_dir`` and merge all points.
-
-    References are computed first (once each, cached in ``ref_dir``, default
-    ``out_dir/references``), then the points, each written as its own file. Points already on
-    disk are skipped, so a sweep interrupted at any moment resumes where it stopped. If any task
-    fails, the others still run and :class:`SweepError` is raised at the end (nothing is merged).
-    """
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ref_dir = Path(ref_dir) if ref_dir is not None else out_dir / "references"
-    (out_dir / "sweep.yaml").write_text(spec.to_yaml())
-    pts = spec.points()
-    paths = [point_path(spec, p, out_dir) for p in pts]
-    pending = [p for p, path in zip(pts, paths) if not path.exists()]
-    skipped = [p.label for p, path in zip(pts, paths) if path.exists()]
-    ref_tasks, ref_costs, seen = [], [], set()
-    for p in pending:
-        rp = reference_path(spec, p, ref_dir)
-        if rp is not None and not rp.exists() and rp not in seen:
-            seen.add(rp)
-            ref_tasks.append(((spec, p, str(ref_dir)), {}))
-            ref_costs.append(estimate_reference_seconds(reference_identity(spec, p)))
-    own = not isinstance(executor, Executor)
-    ex = make_executor(executor)
-    failures: list[str] = []
-    computed: list[str] = []
-    try:
-        if ref_tasks:
-            for oc in _run_tasks(ex, run_reference, ref_tasks, ref_costs, f"{spec.name}: references", progress):
-                if oc.error:
-                    failures.append(f"reference for {ref_tasks[oc.index][0][1].label}:\n{oc.error}")
-        tasks = [((spec, p, str(out_dir), str(ref_dir)), {}) for p in pending]
-        costs = [estimate_point_seconds(spec.settings(p), len(spec.point_seeds(p)), spec.measure) for p in pending]
-        if tasks and not failures:
-            for oc in _run_tasks(ex, run_point, tasks, costs, f"{spec.name}: points", progress):
-                if oc.error:
-                    failures.append(f"point {pending[oc.index].label}:\n{oc.error}")
-                else:
-                    computed.append(pending[oc.index].label)
-    finally:
-        if own:
-            ex.close()
-    if failures:
-        n_done = len(pts) - len(pending) + len(computed)
-        raise SweepError(f"sweep {spec.name!r}: {len(failures)} task(s) failed; the {n_done} finished points are "
-                         f"kept in {out_dir / 'points'} and a rerun computes only the rest.\n"
-                         f"First failure: {failures[0]}")
-    merged_path = out_dir / "merged.nc"
-    ds = None
-    if merge:
-        ds = merge_points(spec, paths)
-        ds.attrs["wall_time_last_run"] = time.perf_counter() - t0
-        _atomic_write(ds, merged_path)
-    return SweepResult(spec=spec, out_dir=out_dir, dataset=ds, merged_path=merged_path, computed=computed,
-                       skipped=skipped, references_computed=len(ref_tasks), wall_time=time.perf_counter() - t0)
+    """Run every missing point of ``spec`` into ``out_dir`` and merge all points into
+    ``out_dir/merged.nc`` (see :func:`run_sweeps`)."""
+    return run_sweeps([(spec, out_dir)], executor=executor, ref_dir=ref_dir, progress=progress, merge=merge)[0]
