@@ -94,12 +94,14 @@ def test_failed_solve_raises_with_return_code():
 def test_lazy_limit_is_the_large_alpha_limit(prob):
     """The alpha-Mean-ODE approaches the lazy kernel ODE at rate 1/alpha^2 for tanh (SPEC §4.2):
     fitted slope of the output gap vs alpha in [-2.2, -1.8] over alpha = 4, 8, 16, 32."""
+    from meanode.limit.quadrature import lattice_family
+
     kw = dict(eta=0.2, steps=2)
     lazy = lazy_limit(**prob.arrays(), **kw)
     alphas = [4.0, 8.0, 16.0, 32.0]
     gaps = []
-    for a in alphas:
-        res = mean_ode_limit(**prob.arrays(), alpha=a, level=10, **kw)
+    for a in alphas:  # tensor Gauss–Hermite cannot resolve the gap (~1e-5 at alpha = 32); a lattice rule can
+        res = mean_ode_limit(**prob.arrays(), alpha=a, rule=lattice_family(), level=10, coarse=9, **kw)
         gap = float(measure.rms(res.f - lazy.f))
         assert res.error_estimate < 0.2 * gap  # the quadrature resolves the gap
         gaps.append(gap)

@@ -10,17 +10,22 @@ import pytest
 from scipy import integrate
 
 from meanode.limit.quadrature import (
+    LATTICES,
     NESTED_DEGREES,
     NESTED_SIZES,
     SMOLYAK_MAX_LEVEL,
     Rule,
     construct_nested_hermite_mp,
     gauss_hermite,
+    lattice,
+    lattice_family,
+    lattice_points,
     nested_hermite_1d,
     rqmc,
     rqmc_replicates,
     smolyak,
     smolyak_exactness,
+    trapezoid,
 )
 
 # ----------------------------------------------------------------------------- helpers
@@ -464,3 +469,104 @@ def test_rqmc_replicate_mean_agrees_with_reference_within_spread():
     est = np.array([r.expect(_tanh_sq) for r in rqmc_replicates(2**12, 4, var, 16, 5)])
     sem = est.std(ddof=1) / math.sqrt(est.size)
     assert abs(est.mean() - ref) < 5 * sem
+
+
+# ----------------------------------------------------------------------------- trapezoid and lattice rules
+
+
+def _tanh_ridge_reference(s: float, mu: float) -> float:
+    """E[tanh(s x + mu)^2], x ~ N(0, 1), by adaptive 1-D quadrature."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        val, _ = integrate.quad(
+            lambda x: np.tanh(s * x + mu) ** 2 * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
+            -14.0, 14.0, epsabs=1e-15, epsrel=1e-14, limit=500,
+        )
+    return val
+
+
+@pytest.mark.parametrize(
+    "kind, d, norm2, count",
+    [("Z", 3, 1.0, 6), ("A2", 2, 1.0, 6), ("D*", 4, 1.0, 24), ("E8", 8, 2.0, 240)],
+)
+def test_lattice_points_shortest_shells(kind, d, norm2, count):
+    # Z^3: 6 unit vectors; hexagonal: 6 neighbours; D4* = Z^4 u (Z^4 + 1/2): 8 + 16 vectors of
+    # norm 1; E8: its 240 roots of norm^2 2.
+    p = lattice_points(kind, d, math.sqrt(norm2) + 1e-9)
+    n2 = (p * p).sum(axis=1)
+    assert np.sum(np.abs(n2 - norm2) < 1e-12) == count
+    assert np.sum(n2 < norm2 - 1e-12) == 1  # only the origin is shorter
+    # dual of D4* is D4 (24 roots of norm^2 2); E8 is self-dual; both symmetric sets
+    if kind in ("D*", "E8"):
+        m = lattice_points(kind, d, math.sqrt(2.0) + 1e-9, dual=True)
+        assert np.sum(np.abs((m * m).sum(axis=1) - 2.0) < 1e-12) == (24 if d == 4 else 240)
+    key = {tuple(np.round(x, 12)) for x in p}
+    assert all(tuple(np.round(-x, 12)) in key for x in p)
+
+
+@pytest.mark.parametrize("d, h", [(1, 0.5), (2, 0.5), (3, 0.6), (4, 0.6)])
+def test_lattice_rule_is_a_symmetric_probability_rule(d, h):
+    r = lattice(h, d, var=2.0)
+    assert r.dim == d and np.all(r.weights > 0)
+    assert abs(r.weights.sum() - 1.0) < 1e-14
+    folded = r.fold_odd_symmetry()  # raises unless z -> -z maps the rule onto itself
+    assert folded.num_nodes == (r.num_nodes + 1) // 2
+    # second moments: E[z z^T] = var I to the truncation level (mass 5e-8 beyond radius
+    # sqrt(2L), where z^2 ~ 2L var)
+    cov = (r.nodes * r.weights[:, None]).T @ r.nodes
+    np.testing.assert_allclose(cov, 2.0 * np.eye(d), atol=4e-5)
+
+
+def test_lattice_options_and_determinism():
+    a = lattice(0.6, 4, 2.0)
+    b = lattice(0.6, 4, 2.0)
+    np.testing.assert_array_equal(a.nodes, b.nodes)
+    c = lattice(0.6, 4, 2.0, seed=1)
+    assert not np.array_equal(a.nodes, c.nodes)
+    rot = np.linalg.qr(np.random.default_rng(5).standard_normal((4, 4)))[0]
+    g = lattice(0.6, 4, 2.0, rotation=rot)
+    assert "rotation=given" in g.name
+    aligned = lattice(0.6, 4, 2.0, rotation=None, stretch=None)  # the plain ball of D4*
+    y = aligned.nodes / math.sqrt(2.0) / (math.sqrt(2.0) * 0.6)  # back to unit-lattice coordinates
+    assert np.allclose(2 * y, np.rint(2 * y), atol=1e-9)
+    fam = lattice_family()
+    assert "h=0.3," in fam(10, 4, 2.0).name
+    assert not np.array_equal(fam(5, 4, 2.0).nodes, lattice(0.6, 4, 2.0).nodes)  # own rotation per level
+    for bad in (dict(kind="E8"), dict(rotation="best"), dict(stretch=-1.0), dict(rotation=np.eye(3))):
+        with pytest.raises(ValueError):
+            lattice(0.6, 4, 2.0, **bad)
+    with pytest.raises(ValueError):
+        lattice(0.0, 4)
+    assert set(LATTICES) == {"Z", "A2", "D*", "E8"}
+
+
+def test_lattice_converges_geometrically_on_a_tanh_ridge_where_gauss_hermite_is_slow():
+    # 2-D: E[tanh(w . z + mu)^2], w . z of std 1.5 (poles pi/3 from the real axis in x).
+    w = np.array([1.2, 0.9])
+    ex = _tanh_ridge_reference(1.5, 0.3)
+    f = lambda z: np.tanh(z @ w + 0.3) ** 2  # noqa: E731
+    errs = [abs(lattice(h, 2, 1.0).expect(f) - ex) for h in (0.8, 0.6, 0.4, 0.3)]
+    assert errs[0] > 1e-5 and errs[2] < 1e-6 and errs[3] < 5e-8
+    assert errs[1] < 0.2 * errs[0] and errs[2] < 0.05 * errs[1]
+    # Gauss-Hermite with as many nodes as lattice(h=0.3) (21^2 = 441 vs 451) is 100x less accurate
+    gh = abs(gauss_hermite(21, 2, 1.0).expect(f) - ex)
+    assert gh > 100 * errs[3]
+    # 4-D, var = 2: the truncation (mass beyond sqrt(2 L) ~ 5e-8) is the floor
+    w4 = np.array([0.8, -0.5, 0.35, 0.2])
+    ex4 = _tanh_ridge_reference(math.sqrt(2.0 * w4 @ w4), 0.3)
+    assert abs(lattice(0.5, 4, 2.0).expect(lambda z: np.tanh(z @ w4 + 0.3) ** 2) - ex4) < 2e-7
+
+
+def test_trapezoid_rule_converges_geometrically_in_one_dimension():
+    ex = _tanh_ridge_reference(1.7, 0.3)
+    f = lambda z: np.tanh(1.7 * z[:, 0] + 0.3) ** 2  # noqa: E731
+    errs = [abs(trapezoid(h, 1).expect(f) - ex) for h in (0.8, 0.6, 0.4, 0.3)]
+    assert all(b < 0.2 * a for a, b in zip(errs[:-1], errs[1:]))
+    assert errs[-1] < 2e-6
+    assert abs(gauss_hermite(40, 1).expect(f) - ex) > 10 * errs[-1]  # 40 points vs 41
+    r = trapezoid(0.5, 2, var=3.0, cutoff=4.0)
+    assert r.num_nodes == 17**2 and abs(r.weights.sum() - 1) < 1e-14
+    assert np.max(np.abs(r.nodes)) == pytest.approx(4.0 * math.sqrt(3.0))
+    r.fold_odd_symmetry()
+    with pytest.raises(ValueError):
+        trapezoid(0.5, 2, cutoff=0.0)

@@ -63,7 +63,7 @@ def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, m
     if block is None:
         block = TwoLayerBlock(D, "tanh")
     if not isinstance(block, TwoLayerBlock):
-        raise ValueError("ridge_samples supports the 2LP block only")
+        raise TypeError("ridge_samples supports the 2LP block (TwoLayerBlock) only")
     if rule.dim != block.dz:
         raise ValueError(f"rule has dimension {rule.dim}, the block needs {block.dz}")
     try:
@@ -80,7 +80,7 @@ def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, m
         qs.append(H.shape[1] - 1)
     Hs, Bs = H[:, qs, :N], B[:, qs]
     z0 = torch.from_numpy(np.array(rule.nodes))
-    w = rule.weights
+    w = np.array(rule.weights)
     P, dz = z0.shape
     Z = z0.expand(len(qs), P, dz).clone()
     J = (math.sqrt(var) * torch.eye(dz, dtype=torch.float64)).expand(len(qs), P, dz, dz).clone()

@@ -767,17 +767,27 @@ def _ridge_rotation(kind: str, d: int, c: float, seed, ridges, candidates: int) 
     candidates = _check_int(candidates, "candidates", 1)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     Rs = [_haar_rotation(d, rng) for _ in range(candidates)]
-    xi = _dual_points_for_screening(kind, d, c, xi_max=40.0, max_points=2e4)
+    xi = _dual_points_for_screening(kind, d, c, xi_max=40.0, max_points=2e4 if d <= 4 else 3e3)
+    # keep the scoring to ~2e8 exponentials: fewer ridge samples when there are many dual points
+    S = min(ridges.directions.shape[0], max(1000, int(2e8 / (xi.shape[0] * candidates))))
+    if S < ridges.directions.shape[0]:
+        ridges = type(ridges)(ridges.directions[:S], ridges.strips[:S])
     scores = [ridge_aliasing(ridges, xi, R) for R in Rs]
     return Rs[int(np.argmin(scores))]
 
 
 def _default_stretch(d: int, tail: float = 5e-8) -> float:
     """L with P(chi^2_d > 2L) = tail: the radial map reaches radius sqrt(2L) (standard units)."""
-    from scipy.optimize import brentq
-    from scipy.stats import chi2
+    from scipy.special import gammaincc  # chi2.sf(x, d) = gammaincc(d/2, x/2)
 
-    return float(brentq(lambda L: chi2.sf(2.0 * L, d) - tail, 0.5, 500.0))
+    lo, hi = 0.5, 500.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if gammaincc(0.5 * d, mid) > tail:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: float | None = 0.0,
