@@ -19,7 +19,7 @@ Output layout (``--out DIR``)::
 
 The measurement plan and why its settings were chosen:
 
-* ``width`` (L x M grid, tanh, D = 2, alpha = 1, eta = 0.2, K = 3; quadrature reference level 16):
+* ``width`` (L x M grid, tanh, D = 2, alpha = 1, eta = 0.2, K = 3; lattice quadrature reference, level 9):
   error vs L for several M, the hidden-width figure (fixed L M, splits down to M = 1), the
   fluctuation part vs L M and the rate model ``a/L + b sqrt(D/(LM))``.
 * ``limitcheck`` (L = M): per-step errors vs L M (a muP-style coordinate check).
@@ -125,9 +125,12 @@ def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
     base = dict(D=2, K=3, alpha=1.0, eta=0.2, activation="tanh", N=10, N_eval=10)
-    ref16 = dict(method="quadrature", level=16)
+    # lattice rule: ~1e-6 at K <= 5 for D = 2 where tensor Gauss-Hermite level 16 gives ~1e-3 (and
+    # underestimates it); see benchmarks/bench_limit_accuracy.py
+    ref16 = dict(method="quadrature", rule="lattice", level=9)
     if name == "full":
         K = 15
+        ref16 = dict(method="quadrature", rule="lattice", level=11)
         base = dict(base, K=K, device="auto")
         vals = _logspace_int(1, 2000, 20)
         p_j = [1.0 + 0.5 * i for i in range(7)]  # P = 2^(6j): D = 2^(2j), M = 2^(3j), L = 2^j
@@ -146,7 +149,7 @@ def preset(name: str) -> Preset:
             ("lazy", S("lazy", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8, 16, 32]), zip=dict(L=[16, 64, 256, 1024], M=[16, 64, 256, 1024]),
                        fixed=dict(base, K=5), seeds=16, reference=dict(method="lazy"))),
             ("lazy_gap", S("lazy_gap", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8, 16]), fixed=dict(base, K=5, L=256, M=256),
-                           seeds=16, reference=dict(method="quadrature", level=20))),
+                           seeds=16, reference=dict(method="quadrature", rule="lattice", level=12))),
             ("phase", S("phase", grid=dict(a=[0.25, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25], b=[-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
                         zip=dict(L=_pow2(3, 8), M=_pow2(3, 8)), fixed=dict(base, K=4, eta=0.5), seeds=8,
                         reference=dict(method="none"), measure=dict(linearisation=True))),
@@ -187,7 +190,7 @@ def preset(name: str) -> Preset:
         return Preset("quick", tuple(sweeps), _fits({r for r, _ in sweeps}), (), workers=2)
     # tiny: the same plan at toy sizes (seconds), for tests and examples
     base = dict(base, K=2, N_eval=3)
-    ref8 = dict(method="quadrature", level=8)
+    ref8 = dict(method="quadrature", rule="gauss_hermite", level=8)
     sweeps = [
         ("width", S("width", grid=dict(L=[4, 16, 64], M=[1, 4]), fixed=base, seeds=4, reference=ref8)),
         ("limitcheck", S("limitcheck", zip=dict(L=[4, 8, 16], M=[4, 8, 16]), fixed=base, seeds=4, reference=ref8)),
