@@ -193,6 +193,16 @@ def _check_value(source: str, fieldname: str, key: str, value):
     raise _err(source, fieldname, f"unknown parameter {key!r}")
 
 
+def _check_fields(cls, d, source: str, prefix: str) -> None:
+    """``d`` must be a mapping whose keys are fields of the dataclass ``cls``."""
+    if not isinstance(d, Mapping):
+        raise _err(source, prefix, f"must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise _err(source, f"{prefix}.{sorted(unknown)[0]}", f"unknown field; allowed: {sorted(names)}")
+
+
 def _frozen(d: Mapping) -> tuple:
     return tuple((k, d[k]) for k in d)
 
@@ -221,16 +231,9 @@ class ReferenceSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping | None, source: str = "<spec>") -> "ReferenceSpec":
-        if d is None:
-            return cls()
-        if isinstance(d, ReferenceSpec):
-            return d
-        if not isinstance(d, Mapping):
-            raise _err(source, "reference", f"must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise _err(source, f"reference.{sorted(unknown)[0]}", f"unknown field; allowed: {sorted(names)}")
+        if d is None or isinstance(d, ReferenceSpec):
+            return cls() if d is None else d
+        _check_fields(cls, d, source, "reference")
         kw = dict(d)
         m = kw.get("method", "auto")
         if m not in _REF_METHODS:
@@ -289,16 +292,9 @@ class MeasureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping | None, source: str = "<spec>") -> "MeasureSpec":
-        if d is None:
-            return cls()
-        if isinstance(d, MeasureSpec):
-            return d
-        if not isinstance(d, Mapping):
-            raise _err(source, "measure", f"must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise _err(source, f"measure.{sorted(unknown)[0]}", f"unknown field; allowed: {sorted(names)}")
+        if d is None or isinstance(d, MeasureSpec):
+            return cls() if d is None else d
+        _check_fields(cls, d, source, "measure")
         if "store_h" in d and d["store_h"] not in (True, False, "auto"):
             raise _err(source, "measure.store_h", f"must be true, false or auto, got {d['store_h']!r}")
         for k in ("linearisation", "preactivation"):
