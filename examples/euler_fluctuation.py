@@ -16,7 +16,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out = sys.argv[1] if len(sys.argv) > 1 else "examples-out/euler_fluctuation"
     base = dict(D=2, K=2, alpha=1.0, eta=0.2, N=10)
-    ref = dict(method="quadrature", level=12)
+    ref = dict(method="quadrature")
     euler = SweepSpec.create("euler", grid=dict(L=[2, 4, 8]), fixed=dict(base, M=256), seeds=48, reference=ref)
     width = SweepSpec.create("width", grid=dict(L=[4, 16, 64], M=[1, 4, 16]), fixed=base, seeds=8, reference=ref)
     r_e, r_w = run_sweeps([(euler, f"{out}/euler"), (width, f"{out}/width")], executor="serial",

@@ -15,7 +15,7 @@ if __name__ == "__main__":
     lazy = SweepSpec.create("lazy", grid=dict(alpha=alphas), zip=dict(L=[8, 32], M=[8, 32]), fixed=base, seeds=8,
                             reference=dict(method="lazy"))
     gap = SweepSpec.create("lazy_gap", grid=dict(alpha=alphas), fixed=dict(base, L=32, M=32), seeds=8,
-                           reference=dict(method="quadrature", level=10))
+                           reference=dict(method="quadrature"))
     r_l, r_g = run_sweeps([(lazy, f"{out}/lazy"), (gap, f"{out}/gap")], executor="serial", ref_dir=f"{out}/references")
     for f in plots.lazy(r_l.dataset, r_g.dataset, out):
         print("wrote", f)

@@ -12,7 +12,7 @@ if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "examples-out/limit_check"
     spec = SweepSpec.create("limitcheck", zip=dict(L=[4, 8, 16, 32, 64], M=[4, 8, 16, 32, 64]),
                             fixed=dict(D=2, K=3, alpha=1.0, eta=0.2, N=10), seeds=8,
-                            reference=dict(method="quadrature", level=10))
+                            reference=dict(method="quadrature"))
     ds = run_sweep(spec, f"{out}/sweep", executor="serial").dataset
     for f in plots.limit_check(ds, out):
         print("wrote", f)

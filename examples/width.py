@@ -17,7 +17,7 @@ if __name__ == "__main__":
     spec = SweepSpec.create(
         "width", grid=dict(L=[4, 16, 64, 256], M=[1, 4, 16]),
         fixed=dict(D=2, K=2, alpha=1.0, eta=0.2, activation="tanh", N=10, N_eval=3), seeds=8,
-        reference=dict(method="quadrature", level=10))
+        reference=dict(method="quadrature"))
     ds = run_sweep(spec, f"{out}/sweep", executor="serial").dataset
     st = R.stack(ds)
     rate = R.fit_rate(st)

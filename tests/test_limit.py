@@ -44,6 +44,8 @@ def test_step_zero_is_the_identity_map_and_trajectories_are_dense(prob):
 
 
 def test_limit_does_not_depend_on_depth_nodes(prob):
+    """Same nodes (the pilot that orients the lattices always runs on one depth grid), 25 vs 41
+    Chebyshev nodes in depth: the outputs agree far below the quadrature error."""
     kw = dict(alpha=1.0, eta=0.5, steps=3, level=6)
     a = mean_ode_limit(**prob.arrays(), depth_nodes=25, **kw)
     b = mean_ode_limit(**prob.arrays(), depth_nodes=41, **kw)
@@ -62,6 +64,41 @@ def test_quadrature_refinement_converges_with_honest_estimates(prob):
         assert np.abs(nxt.f - this.f).max() < this.error_estimate
 
 
+def test_default_rule_is_a_pilot_oriented_lattice_up_to_eight_unit_dimensions(prob):
+    """rule="auto": a lattice oriented by a pilot at ~0.6 x the level for the tanh 2LP block;
+    screened rotations for the identity; RQMC once dz = 2D > 8."""
+    res = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, method="quadrature", level=6)
+    cfg = res.config
+    assert (cfg["rule"], cfg["orient"], cfg["pilot_level"], cfg["spacing"]) == ("lattice", "pilot", 4, 3.0)
+    assert res.method == "quadrature/lattice(6 vs 5)"
+    ident = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, method="quadrature", activation="identity",
+                           level=4)
+    assert ident.config["orient"] == "screened" and "pilot_level" not in ident.config
+    wide = mn.Problem.default(D=5)
+    res5 = mean_ode_limit(**wide.arrays(), alpha=1.0, eta=0.2, steps=0, level=6, replicates=2)
+    assert res5.config["rule"] == "rqmc"
+
+
+def test_auto_depth_nodes_refine_until_the_depth_error_is_below_the_other_parts():
+    """D = 1 trains violently (loss 13.3 -> 2.5 in 3 steps), and with sigma = id a 4-node
+    Gauss–Hermite rule is exact: only the depth interpolation and the solver err. On 17 depth
+    nodes the depth allowance exceeds both, so "auto" moves to 33 nodes, where it does not;
+    both estimates bound the distance to the exact closure."""
+    p1 = mn.Problem.default(D=1)
+    kw = dict(alpha=1.0, eta=0.2, steps=3, activation="identity")
+    exact = mean_ode_limit(**p1.arrays(), method="closure", **kw)
+    quad = dict(kw, method="quadrature", rule="gauss_hermite", level=4, coarse=3)
+    fixed = mean_ode_limit(**p1.arrays(), depth_nodes=17, **quad)
+    auto = mean_ode_limit(**p1.arrays(), **quad)
+    parts = fixed.error_parts
+    assert parts["depth_interpolation"] > max(parts["quadrature"], parts["solver"])
+    assert auto.config["depth_nodes"] == 33 and auto.depth.Q == 33
+    parts = auto.error_parts
+    assert parts["depth_interpolation"] <= max(parts["quadrature"], parts["solver"])
+    for res in (fixed, auto):
+        assert np.abs(res.f - exact.f).max() < res.error_estimate
+
+
 @pytest.mark.parametrize("rule, level", [("smolyak", 5), ("rqmc", 10), ("gauss_hermite", 16), ("lattice", 8)])
 def test_every_rule_is_within_its_estimate_of_a_much_finer_reference(prob, rule, level):
     """Honesty against the truth: each rule's estimate bounds its distance to a lattice rule at a
@@ -75,8 +112,8 @@ def test_every_rule_is_within_its_estimate_of_a_much_finer_reference(prob, rule,
 @pytest.mark.parametrize("activation, level", [("identity", 4), ("tanh", 4)])
 def test_solvers_agree(prob, activation, level):
     """DOP853, Radau and the torch Runge–Kutta give the same limit at rtol 1e-10 (same nodes)."""
-    kw = dict(alpha=1.0, eta=0.5, steps=2, activation=activation, method="quadrature", level=level,
-              coarse=2, rtol=1e-10, atol=1e-12)
+    kw = dict(alpha=1.0, eta=0.5, steps=2, activation=activation, method="quadrature", rule="gauss_hermite",
+              level=level, coarse=2, rtol=1e-10, atol=1e-12)
     ref = mean_ode_limit(**prob.arrays(), solver="DOP853", **kw)
     for solver in ("Radau", "torch:Tsit5", "BDF"):
         res = mean_ode_limit(**prob.arrays(), solver=solver, **kw)
@@ -150,6 +187,10 @@ def test_finite_resnets_converge_to_the_limit_at_rate_one_over_sqrt_LM(prob):
     (dict(steps=-1), ValueError, "steps"),
     (dict(alpha=-1.0), ValueError, "alpha"),
     (dict(depth_nodes=2), ValueError, "depth_nodes"),
+    (dict(depth_nodes="fine"), ValueError, "depth_nodes"),
+    (dict(orient="best"), ValueError, "orient"),
+    (dict(rule="gauss_hermite", spacing=2.0), TypeError, "spacing"),
+    (dict(spacing=-1.0), ValueError, "spacing"),
     (dict(activation="softplus"), ValueError, "softplus"),
     (dict(Y=np.zeros((3, 5))), ValueError, "Y"),
 ])

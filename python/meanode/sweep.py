@@ -14,7 +14,7 @@ see below). ``grid`` is a Cartesian product; ``zip`` rows vary together (e.g. th
     grid: {L: [4, 16, 64], M: [1, 4, 16]}
     zip: {L: [8, 64], M: [8, 64]}          # or a list of rows: [{L: 8, M: 8}, ...]
     seeds: 16                               # seeds 0..15 (or a list), batched on the ensemble axis
-    reference: {method: quadrature, level: 16}   # auto | quadrature | closure | lazy | network | none
+    reference: {method: quadrature}             # auto | quadrature | closure | lazy | network | none
     measure: {store_h: auto, linearisation: false, preactivation: false}
 
 Fixed settings (defaults in :data:`DEFAULTS`): ``K`` (GD steps), ``N``, ``N_eval`` (held-out
@@ -221,7 +221,7 @@ class ReferenceSpec:
     level: int | None = None
     coarse: int | None = None
     rule: str | None = None
-    depth_nodes: int = 33
+    depth_nodes: int | str = "auto"
     rtol: float = 1e-10
     atol: float = 1e-12
     L: int | None = None
@@ -243,13 +243,15 @@ class ReferenceSpec:
                 kw[k] = _check_value(source, f"reference.{k}", "L", kw[k])
         if "depth_nodes" in kw:
             v = kw["depth_nodes"]
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 3:
-                raise _err(source, "reference.depth_nodes", f"must be an integer >= 3, got {v!r}")
+            if v != "auto" and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 3):
+                raise _err(source, "reference.depth_nodes", f"must be 'auto' or an integer >= 3, got {v!r}")
         for k in ("rtol", "atol"):
             if k in kw:
                 kw[k] = _check_value(source, f"reference.{k}", "alpha", kw[k])
-        if kw.get("rule") is not None and kw["rule"] not in ("gauss_hermite", "smolyak", "rqmc", "lattice"):
-            raise _err(source, "reference.rule", f"must be gauss_hermite, smolyak, rqmc or lattice, got {kw['rule']!r}")
+        from .limit import RULES
+
+        if kw.get("rule") is not None and kw["rule"] not in RULES:
+            raise _err(source, "reference.rule", f"must be one of {list(RULES)}, got {kw['rule']!r}")
         seeds = kw.get("seeds", ())
         if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
             seeds = tuple(range(10_000, 10_000 + int(seeds)))
@@ -524,10 +526,16 @@ class SweepSpec:
                            f"a={s['a']}, b={s['b']}); use method: none")
             if method == "closure" and s["activation"] != "identity":
                 raise _err(source, "reference.method", "closure is exact only for activation 'identity'")
-            if method in ("quadrature", "auto") and s["activation"] != "identity" and s["D"] > 3 and ref.rule in (None, "gauss_hermite"):
-                raise _err(source, "reference.method",
-                           f"a tensor Gauss-Hermite reference in 2D = {2 * s['D']} dimensions (point {p.label}) is "
-                           "out of reach; use method: network, closure (identity), rule: smolyak, or none")
+            if method in ("quadrature", "auto") and s["activation"] != "identity":
+                if s["D"] > 3 and ref.rule == "gauss_hermite":
+                    raise _err(source, "reference.method",
+                               f"a tensor Gauss-Hermite reference in 2D = {2 * s['D']} dimensions (point {p.label}) "
+                               "is out of reach; use the default rule (lattice), method: network, or none")
+                if s["D"] > 4 and ref.rule in (None, "auto"):
+                    raise _err(source, "reference.method",
+                               f"no lattice rule resolves 2D = {2 * s['D']} dimensions (point {p.label}); scrambled "
+                               "Sobol (rule: rqmc) reaches ~1e-3 there: ask for it explicitly, or use method: "
+                               "network, closure (identity), or none")
 
 
 def _zip_rows(z, source: str) -> list[dict]:
@@ -1159,8 +1167,18 @@ def estimate_reference_seconds(ident: dict) -> float:
     if m == "network":
         s = dict(N=ident["N"], N_eval=ident["N_eval"], K=ident["K"], L=ident["L"], M=ident["M"], D=ident["D"])
         return estimate_point_seconds(s, len(ident["seeds"]))
-    if ident.get("rule") == "lattice":  # ~47,000 folded nodes at level 10 in 4 dimensions, ~ level^d
-        nodes = 47_000 * (ident.get("level") or 10) ** (2 * ident["D"]) / 10 ** 4 / 10 ** max(0, 2 * ident["D"] - 4)
+    from .limit.api import LATTICE_DEFAULTS
+    from .limit.quadrature import lattice_size
+
+    dz = 2 * ident["D"]
+    rule = ident.get("rule") or "auto"
+    if rule == "auto":
+        rule = "lattice" if dz <= 8 else "rqmc"
+    if rule == "lattice":
+        spacing, level = LATTICE_DEFAULTS[dz]
+        nodes = lattice_size(spacing / (ident.get("level") or level), dz) / 2
+    elif rule == "rqmc":
+        nodes = 8 * 2 ** (ident.get("level") or 14) / 2
     else:
         level = ident.get("level") or {1: 48, 2: 32, 3: 16, 4: 12}.get(2 * ident["D"], 6)
         nodes = level ** (2 * ident["D"]) / 2

@@ -834,28 +834,10 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
     depend more on the rotation than on h. Hence two levels with independent rotations for
     the error estimate (:func:`lattice_family`), and ``ridges`` to orient them.
     """
-    h = float(h)
-    if not (math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be a positive number; got {h!r}")
-    d = _check_int(d, "d", 1)
     v = _check_var(var)
-    kind = _check_kind(kind, d)
-    if stretch == 0.0:
-        L = _default_stretch(d)
-        use_map = True
-    elif stretch is None:
-        L = _default_stretch(d)
-        use_map = False
-    else:
-        L = float(stretch)
-        if not (math.isfinite(L) and L > 0):
-            raise ValueError(f"stretch must be a positive number, 0.0 (default) or None; got {stretch!r}")
-        use_map = True
-    c = _DUAL_MIN[kind] * h
-    s_max = (2.0 / 3.0) * math.sqrt(2.0 * L) if use_map else math.sqrt(2.0 * L)
-    vol = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (s_max / c) ** d
-    if vol * (2 if kind in ("D*", "E8") else 1) > _MAX_TENSOR_NODES:
-        raise ValueError(f"lattice(h={h}, d={d}) would have ~{int(vol):,} nodes; increase h")
+    kind, d, L, use_map, c, s_max, n_est = _lattice_geometry(h, d, kind, stretch)
+    if n_est > _MAX_TENSOR_NODES:
+        raise ValueError(f"lattice(h={h}, d={d}) would have ~{int(n_est):,} nodes; increase h")
     t = lattice_points(kind, d, s_max / c) * c
     if d >= 2 and rotation is not None:
         if isinstance(rotation, str):
@@ -901,6 +883,37 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
     w = w / math.fsum(w.tolist())
     name = f"lattice({kind}, h={h:g}, d={d}, var={v:g}, stretch={L:.3g}{'' if use_map else ' (ball)'}, rotation={rot_name})"
     return Rule(x * math.sqrt(v), w, name)
+
+
+def _lattice_geometry(h: float, d: int, kind: str, stretch):
+    """Checked arguments of :func:`lattice` and its geometry:
+    ``(kind, d, L, use_map, c, s_max, estimated node count before folding)``."""
+    h = float(h)
+    if not (math.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a positive number; got {h!r}")
+    d = _check_int(d, "d", 1)
+    kind = _check_kind(kind, d)
+    if stretch == 0.0:
+        L = _default_stretch(d)
+        use_map = True
+    elif stretch is None:
+        L = _default_stretch(d)
+        use_map = False
+    else:
+        L = float(stretch)
+        if not (math.isfinite(L) and L > 0):
+            raise ValueError(f"stretch must be a positive number, 0.0 (default) or None; got {stretch!r}")
+        use_map = True
+    c = _DUAL_MIN[kind] * h
+    s_max = (2.0 / 3.0) * math.sqrt(2.0 * L) if use_map else math.sqrt(2.0 * L)
+    ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1) * (s_max / c) ** d  # in units of the scaled lattice
+    covolume = {"Z": 1.0, "A2": math.sqrt(3.0) / 2.0, "D*": 0.5, "E8": 1.0}[kind]
+    return kind, d, L, use_map, c, s_max, ball / covolume
+
+
+def lattice_size(h: float, d: int, *, kind: str = "auto", stretch: float | None = 0.0) -> int:
+    """About how many nodes :func:`lattice` has (before folding), without building it."""
+    return int(round(_lattice_geometry(h, d, kind, stretch)[-1]))
 
 
 def lattice_family(spacing: float = 3.0, *, kind: str = "auto", stretch: float | None = 0.0,
