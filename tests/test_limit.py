@@ -79,6 +79,14 @@ def test_default_rule_is_a_pilot_oriented_lattice_up_to_eight_unit_dimensions(pr
     assert res5.config["rule"] == "rqmc"
 
 
+def test_smolyak_warns_for_nonlinear_dynamics_above_four_unit_dimensions():
+    """Sparse grids in 6 dimensions carry large negative weights: fine for polynomials, not for
+    nonlinear unit dynamics, whose node errors they amplify (the gap may miss them)."""
+    p3 = mn.Problem.default(D=3)
+    with pytest.warns(UserWarning, match="negative weights"):
+        mean_ode_limit(**p3.arrays(), alpha=1.0, eta=0.2, steps=0, rule="smolyak", level=2, coarse=1)
+
+
 def test_auto_depth_nodes_refine_until_the_depth_error_is_below_the_other_parts():
     """D = 1 trains violently (loss 13.3 -> 2.5 in 3 steps), and with sigma = id a 4-node
     Gauss–Hermite rule is exact: only the depth interpolation and the solver err. On 17 depth

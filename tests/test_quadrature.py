@@ -21,6 +21,7 @@ from meanode.limit.quadrature import (
     lattice_family,
     lattice_points,
     nested_hermite_1d,
+    lattice_size,
     rqmc,
     rqmc_replicates,
     smolyak,
@@ -538,6 +539,14 @@ def test_lattice_options_and_determinism():
     with pytest.raises(ValueError):
         lattice(0.0, 4)
     assert set(LATTICES) == {"Z", "A2", "D*", "E8"}
+
+
+@pytest.mark.parametrize("d, h", [(2, 0.075), (4, 0.3), (4, 0.25), (6, 0.667), (8, 0.909)])
+def test_lattice_size_predicts_the_node_count_within_ten_percent(d, h):
+    """lattice_size (ball volume over the lattice covolume, used to plan sweeps) against the built
+    rule: the only discrepancy is the lattice points near the truncation sphere."""
+    built = lattice(h, d, rotation=None).num_nodes
+    assert abs(lattice_size(h, d) / built - 1) < 0.1, (lattice_size(h, d), built)
 
 
 def test_lattice_converges_geometrically_on_a_tanh_ridge_where_gauss_hermite_is_slow():

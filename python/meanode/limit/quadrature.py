@@ -73,6 +73,7 @@ __all__ = [
     "trapezoid",
     "lattice",
     "lattice_family",
+    "lattice_size",
     "lattice_points",
     "LATTICES",
 ]
