@@ -243,14 +243,17 @@ def test_point_that_keeps_killing_workers_fails_the_sweep_and_a_rerun_finishes(c
                          progress=False)
     finally:
         scheduler.allowed_failures = saved
-    assert "1 task(s) failed" in str(info.value) and bad in str(info.value)
     done = {p.label for p in SPEC.points() if sw.point_path(SPEC, p, tmp_path).exists()}
-    assert done == set(LABELS) - {bad}  # the others are kept
+    missing = set(LABELS) - done
+    # the bad point fails; so may one innocent point queued on the same worker when it died
+    # (a worker holds up to ceil(threads x worker-saturation) = 2 tasks, and allowed_failures = 0)
+    assert bad in missing and len(missing) <= 2, missing
+    assert f"{len(missing)} task(s) failed" in str(info.value) and bad in str(info.value)
     assert not (tmp_path / "merged.nc").exists()
     _wait_for_replacement(cluster, -1)
     tracked = Tracked(cluster, tmp_path / "log2")
     res = sw.run_sweep(SPEC, tmp_path, executor=tracked, progress=False)
-    assert res.computed == [bad] and tracked.records() == {bad: 1}
+    assert sorted(res.computed) == sorted(missing) and tracked.records() == {lab: 1 for lab in missing}
     assert_identical(serial, res.dataset)
 
 

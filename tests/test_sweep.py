@@ -169,6 +169,10 @@ def test_failed_point_then_restart_computes_only_the_missing_one(tmp_path, monke
     xr.testing.assert_equal(res.dataset.drop_vars("wall_time"), fresh.dataset.drop_vars("wall_time"))
 
 
+def _finished(out) -> set[str]:
+    return {p.name for p in (out / "points").glob("*.nc") if not p.name.startswith(".tmp-")}
+
+
 def test_killed_sweep_process_resumes_without_loss(tmp_path):
     spec = _spec("killed", grid={"L": [2, 4, 8], "M": [1, 2, 3]}, reference={"method": "none"})
     out = tmp_path / "run"
@@ -189,12 +193,12 @@ def test_killed_sweep_process_resumes_without_loss(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and len(list((out / "points").glob("*.nc"))) < 2:
+        while time.time() < deadline and len(_finished(out)) < 2:
             time.sleep(0.05)
         proc.kill()
     finally:
         proc.wait()
-    done = {p.name for p in (out / "points").glob("*.nc")}
+    done = _finished(out)  # not the half-written .tmp-* file of the killed process
     assert 2 <= len(done) < 9, done
     res = S.run_sweep(spec, out, executor="serial", progress=False)
     assert len(res.computed) == 9 - len(done) and len(res.skipped) == len(done)

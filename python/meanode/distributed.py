@@ -146,6 +146,9 @@ class DaskExecutor(Executor):
         worker_saturation: tasks handed to a worker per thread (Dask's default, 1.1, hands a
             second point to a busy worker; at 1.0 a point waits on the scheduler until a worker is
             free, so a dying worker takes only the point it was computing and long points balance).
+            Dask queues only "root-ish" task groups, larger than twice the worker threads: the
+            points of a smaller sweep are handed out at once, and a worker that dies takes the
+            points waiting on it too (rescheduled unless ``allowed_failures`` is exhausted).
         """
         distributed = _import_distributed()
         n = max(1, int(n_workers if n_workers is not None else (os.cpu_count() or 1)))
