@@ -50,7 +50,7 @@ SOLVE[4] = dict(rtol=1e-8, atol=1e-10)
 # (D, K) -> (spacing, level, coarse) of the lattice rule (step h = spacing / level). For D = 4 the
 # E8 node counts jump by shells (spacing 10.2: 397,080 folded nodes at level 14, 556,920 at 15)
 LEVELS = {(1, 5): (3.0, 60, 50), (1, 15): (3.0, 60, 50),
-          (2, 5): (3.0, 12, 11), (2, 15): (3.0, 11, 10),
+          (2, 5): (3.0, 13, 12), (2, 15): (3.0, 12, 11),
           (3, 5): (6.0, 10, 9), (3, 15): (6.0, 10, 9),
           (4, 5): (10.0, 13, 12), (4, 15): (10.2, 15, 14)}
 
