@@ -77,6 +77,8 @@ def test_default_rule_is_a_pilot_oriented_lattice_up_to_eight_unit_dimensions(pr
     wide = mn.Problem.default(D=5)
     res5 = mean_ode_limit(**wide.arrays(), alpha=1.0, eta=0.2, steps=0, level=6, replicates=2)
     assert res5.config["rule"] == "rqmc"
+    with pytest.raises(ValueError, match="spacing= and level="):  # no default lattice beyond dz = 8
+        mean_ode_limit(**wide.arrays(), alpha=1.0, eta=0.2, steps=0, rule="lattice", level=3)
 
 
 def test_smolyak_warns_for_nonlinear_dynamics_above_four_unit_dimensions():

@@ -531,7 +531,7 @@ class SweepSpec:
                     raise _err(source, "reference.method",
                                f"a tensor Gauss-Hermite reference in 2D = {2 * s['D']} dimensions (point {p.label}) "
                                "is out of reach; use the default rule (lattice), method: network, or none")
-                if s["D"] > 4 and ref.rule in (None, "auto"):
+                if s["D"] > 4 and ref.rule in (None, "auto", "lattice"):
                     raise _err(source, "reference.method",
                                f"no lattice rule resolves 2D = {2 * s['D']} dimensions (point {p.label}); scrambled "
                                "Sobol (rule: rqmc) reaches ~1e-3 there: ask for it explicitly, or use method: "

@@ -125,8 +125,8 @@ def _rule(name, level: int, d: int, var: float, seed: int) -> q.Rule:
 
 
 #: lattice rule defaults by unit dimension dz: (spacing, level), step h = spacing / level. Chosen
-#: on the default problem (tanh, alpha = 1, eta = 0.2): about 1e-6 (dz = 4, K = 5) to 1e-3
-#: (dz = 8, K = 15) in tens of seconds; the coarser the lattice in high dz, the larger the
+#: on the default problem (tanh, alpha = 1, eta = 0.2): about 1e-6 (dz = 4, K = 5) to 2e-3
+#: (dz = 8, K = 15) in seconds to a minute; the coarser the lattice in high dz, the larger the
 #: spacing that keeps the node count (~ (level / spacing)^dz) in reach
 LATTICE_DEFAULTS = {1: (3.0, 40), 2: (3.0, 40), 3: (3.0, 12), 4: (3.0, 10), 5: (6.0, 10), 6: (6.0, 9),
                      7: (10.0, 12), 8: (10.0, 11)}
@@ -138,8 +138,15 @@ def _default_level(rule: str, dz: int) -> int:
     if rule == "smolyak":
         return 6 if dz <= 4 else 4
     if rule == "lattice":
-        return LATTICE_DEFAULTS[dz][1]
+        return _lattice_defaults(dz)[1]
     return 14
+
+
+def _lattice_defaults(dz: int) -> tuple[float, int]:
+    if dz not in LATTICE_DEFAULTS:
+        raise ValueError(f"no default lattice for dz = {dz} > 8 unit dimensions: pass spacing= and level= "
+                         "(quadrature.lattice_size gives the node count) or use rule='rqmc'")
+    return LATTICE_DEFAULTS[dz]
 
 
 def _auto_rule(block: Block) -> str:
@@ -305,7 +312,7 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
                       "nonlinear dynamics the nodes' errors are amplified and the level gap may miss them. "
                       "Prefer rule='lattice' (dz <= 8) or 'rqmc'", stacklevel=2)
     var = float(getattr(block, "variance", block.D))
-    level = method_options.get("level", _default_level(rule, block.dz) if isinstance(rule, str) else None)
+    level = method_options["level"] if "level" in method_options else _default_level(rule, block.dz)
     fold = method_options.get("fold", block.odd_symmetric)
     if fold and not block.odd_symmetric:
         raise ValueError("fold=True needs a block whose dynamics commute with z -> -z (odd sigma)")
@@ -368,8 +375,7 @@ def _lattice_family(run: Runner, quad, block: Block, options: dict, level: int, 
     """The lattice family of ``rule="lattice"``: step ``spacing / level``, each level with its
     own rotation, oriented by a pilot's ridges (``orient="pilot"``, 2LP blocks) or screened
     against the u/v coordinate planes (``orient="screened"``); see :mod:`meanode.limit.adapt`."""
-    spacing = options.get("spacing", LATTICE_DEFAULTS.get(block.dz, (1.25 * block.dz, 0))[0])
-    spacing = positive_float("spacing", spacing)
+    spacing = positive_float("spacing", options["spacing"] if "spacing" in options else _lattice_defaults(block.dz)[0])
     is_2lp = isinstance(block, TwoLayerBlock)
     orient = options.get("orient", "pilot" if is_2lp and block.act.name != "identity" else "screened")
     if orient not in ORIENTS:
