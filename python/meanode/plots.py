@@ -109,6 +109,12 @@ def _band(st, qty, step=-1, B=None):
     return y, lo, hi
 
 
+def _series(group: np.ndarray, value, x: np.ndarray) -> np.ndarray:
+    """Indices of one plotted series: the points with ``group == value``, ordered by ``x``."""
+    s = np.flatnonzero(group == value)
+    return s[np.argsort(x[s])]
+
+
 def _errbar(ax, x, y, lo, hi, **kw):
     yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
     yerr = np.where(np.isfinite(yerr), yerr, 0)
@@ -169,8 +175,7 @@ def error_vs_L(ds_width, out_dir, rate: R.RateFit | None = None, name="error_vs_
                          (axes[1], "total_h", "hidden error |h^L - h(1)| (RMS per coordinate)")):
         y, lo, hi = _band(st, q)
         for j, m in enumerate(Ms):
-            s = np.flatnonzero(M == m)
-            s = s[np.argsort(L[s])]
+            s = _series(M, m, L)
             _errbar(ax, L[s], y[s], lo[s], hi[s], color=cols[j], marker=_MARKERS[j % len(_MARKERS)], ls="-",
                     label=f"M = {m}")
             if rate is not None and q == "total_f":
@@ -203,8 +208,7 @@ def hidden_width(ds_width, out_dir, name="hidden_width") -> list[str]:
     y, lo, hi = _band(st, "total_f")
     ax = axes[0]
     for j, m in enumerate(Ms):
-        s = np.flatnonzero(M == m)
-        s = s[np.argsort(LM[s])]
+        s = _series(M, m, LM)
         _errbar(ax, LM[s], y[s], lo[s], hi[s], color=cols[j], marker=_MARKERS[j % len(_MARKERS)], ls="-",
                 label=f"M = {m} (L = LM/{m})")
     _guide(ax, LM[M == Ms[0]], y[M == Ms[0]], -0.5)
@@ -223,8 +227,7 @@ def hidden_width(ds_width, out_dir, name="hidden_width") -> list[str]:
         return _save(fig, out_dir, name)
     gcols = _cmap(len(groups), "plasma")
     for j, v in enumerate(groups):
-        s = np.flatnonzero(LM == v)
-        s = s[np.argsort(M[s])]
+        s = _series(LM, v, M)
         _errbar(ax, M[s], y[s], lo[s], hi[s], color=gcols[j], marker="o", ls="-", label=f"L*M = {v:g}")
         ax.plot(M[s], np.full(s.size, np.exp(np.mean(np.log(y[s])))), color=gcols[j], ls="--", lw=0.9)
     ax.plot([], [], color="0.3", ls="--", label="predicted: flat in M (slope 0)")
@@ -270,8 +273,7 @@ def euler_fluctuation(ds_euler, ds_width, out_dir, name="euler_fluctuation") -> 
     cols = _cmap(len(Ms))
     y, lo, hi = _band(st2, "fluct_f")
     for j, m in enumerate(Ms):
-        s = np.flatnonzero(M2 == m)
-        s = s[np.argsort(LM[s])]
+        s = _series(M2, m, LM)
         _errbar(ax, LM[s], y[s], lo[s], hi[s], color=cols[j], marker=_MARKERS[j % len(_MARKERS)], ls="none",
                 label=f"M = {m}")
     _guide(ax, LM, y, -0.5)
@@ -340,8 +342,7 @@ def residual_scale(ds_res, out_dir, name="residual_scale") -> list[str]:
             continue
         y, lo, hi = _band(st, q)
         for j, gv in enumerate(gs):
-            s = np.flatnonzero(g == gv)
-            s = s[np.argsort(D[s])]
+            s = _series(g, gv, D)
             _errbar(ax, D[s], y[s], lo[s], hi[s], color=cols[j % 5], marker=_MARKERS[j], ls="-",
                     label=f"gamma = {gv:g} (scale D^{gv:g}/(LM))")
             _guide(ax, D[s], y[s], pred(gv), color=cols[j % 5], factor=0.7,
@@ -369,8 +370,7 @@ def lazy(ds_lazy, ds_gap, out_dir, name="lazy") -> list[str]:
     cols = _cmap(len(LMs))
     y, lo, hi = _band(st, "total_f")
     for j, v in enumerate(LMs):
-        s = np.flatnonzero(LM == v)
-        s = s[np.argsort(alpha[s])]
+        s = _series(LM, v, alpha)
         _errbar(ax, alpha[s], y[s], lo[s], hi[s], color=cols[j], marker=_MARKERS[j], ls="-",
                 label=f"finite nets, L = M = {int(round(math.sqrt(v)))}")
     ys = [y]
@@ -503,8 +503,7 @@ def shapes_MD(ds_md, out_dir, name="shapes_MD") -> list[str]:
     for ax, X, title in ((axes[0], "h", "hidden error (first D coordinates)"), (axes[1], "f", "output error")):
         y, lo, hi = _band(st, f"total_{X}")
         for j, d in enumerate(Ds):
-            s = np.flatnonzero(D == d)
-            s = s[np.argsort(M[s])]
+            s = _series(D, d, M)
             _errbar(ax, M[s], y[s], lo[s], hi[s], color=cols[j], marker=_MARKERS[j % len(_MARKERS)], ls="-", label=f"D = {d:g}")
         s = np.flatnonzero(D == Ds[-1])
         _guide(ax, M[s], y[s], -0.5, label=f"predicted slope -1/2 (at D = {Ds[-1]:g})")
