@@ -1342,8 +1342,10 @@ def run_sweeps(jobs: Sequence[tuple[SweepSpec, os.PathLike | str]], *, executor:
                                    wall_time=time.perf_counter() - t0))
     if failures:
         n_done = sum(len(p["paths"]) - len(p["failed"]) for p in prepared)
+        failed = ", ".join(f"{p['spec'].name}/{lab}" for p in prepared for lab in p["failed"])
         raise SweepError(f"{len(failures)} task(s) failed ({names}); the {n_done} finished points are kept on disk "
-                         f"and a rerun computes only the rest.\nFirst failure: {failures[0]}")
+                         f"and a rerun computes only the rest.\nPoints not computed: {failed}\n"
+                         f"First failure: {failures[0]}")
     return results
 
 
