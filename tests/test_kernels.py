@@ -17,11 +17,11 @@ import pytest
 import torch
 from scipy import integrate, special
 
-from meanode.limit.kernels import (
-    ACTIVATIONS_WITH_CLOSED_FORM_KERNEL,
-    gaussian_pair_expectations,
-    theta,
-)
+from meanode.activations import ACTIVATIONS
+from meanode.gaussian import gaussian_pair_expectations
+from meanode.limit.kernels import theta
+
+ACTIVATIONS_WITH_CLOSED_FORM_KERNEL = {a.name for a in ACTIVATIONS.values() if a.closed_form_kernel}
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -303,7 +303,7 @@ def test_floor_excludes_points_with_a_reason():
 
 # --- observables that need the weights (meanode.phase) -----------------------------------------------
 
-def test_phase_trainer_matches_train_resnet_and_jvp_matches_autodiff():
+def test_returned_weights_reproduce_the_trained_outputs_and_jvp_matches_autodiff():
     import torch
 
     import meanode as mn
@@ -312,8 +312,9 @@ def test_phase_trainer_matches_train_resnet_and_jvp_matches_autodiff():
     prob = mn.Problem.default(D=2, N=6)
     A = {k: v for k, v in prob.arrays().items()}
     sc = mn.Scaling(0.75, 0.5)
-    z0, zK, ok = phase.trained_units(**A, L=5, M=3, alpha=1.3, eta=0.4, steps=3, seeds=[0, 1], scaling=sc)
-    res = mn.train_resnet(**A, L=5, M=3, alpha=1.3, eta=0.4, steps=3, seeds=[0, 1], scaling=sc)
+    res = mn.train_resnet(**A, L=5, M=3, alpha=1.3, eta=0.4, steps=3, seeds=[0, 1], scaling=sc, return_weights=True)
+    z0, zK, ok = res.z0, res.zK, ~res.diverged
+    assert torch.equal(z0, mn.init_weights(mn.TwoLayerBlock(2), 5, 3, [0, 1]))
     X, W_E, W_U = (torch.as_tensor(a) for a in (prob.X, prob.W_E, prob.W_U))
     blk = mn.TwoLayerBlock(2)
     c = sc.multiplier(1.3, 5, 3)

@@ -23,78 +23,13 @@ A new block subclasses :class:`Block` and defines ``phi``, ``d_h_phi`` and ``d_z
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Activation", "ACTIVATIONS", "get_activation", "Block", "TwoLayerBlock"]
+from .activations import ACTIVATIONS, Activation, get_activation
 
-
-@dataclass(frozen=True)
-class Activation:
-    """A scalar activation ``sigma`` with its derivative ``dsigma``.
-
-    ``odd`` records ``sigma(-x) = -sigma(x)``: then the 2LP unit map commutes with
-    ``z -> -z`` and a symmetric node set can be folded in half (SPEC §4.3).
-    ``smooth`` is False for activations outside the theory (relu).
-    ``dsigma_of_sigma``, when given, computes ``sigma'(x)`` from ``sigma(x)`` (tanh: ``1 - s^2``),
-    which saves the trainer from keeping pre-activations.
-    """
-
-    name: str
-    sigma: Callable[[Tensor], Tensor]
-    dsigma: Callable[[Tensor], Tensor]
-    odd: bool
-    smooth: bool = True
-    dsigma_of_sigma: Callable[[Tensor], Tensor] | None = None
-
-
-def _tanh_prime(x: Tensor) -> Tensor:
-    t = torch.tanh(x)
-    return 1.0 - t * t
-
-
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-
-
-def _gelu(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.erf(x / _SQRT2))
-
-
-def _gelu_prime(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x / _SQRT2)) + x * _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
-
-
-ACTIVATIONS: dict[str, Activation] = {
-    "tanh": Activation("tanh", torch.tanh, _tanh_prime, odd=True, dsigma_of_sigma=lambda s: 1.0 - s * s),
-    "identity": Activation("identity", lambda x: x, torch.ones_like, odd=True),
-    "erf": Activation("erf", torch.erf, lambda x: _TWO_OVER_SQRT_PI * torch.exp(-x * x), odd=True),
-    "gelu": Activation("gelu", _gelu, _gelu_prime, odd=False),
-    "relu": Activation("relu", torch.relu, lambda x: (x > 0).to(x.dtype), odd=False, smooth=False),
-}
-
-
-def get_activation(name: str | Activation) -> Activation:
-    """Look an activation up by name; relu warns that it lies outside the smooth theory."""
-    if isinstance(name, Activation):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"activation must be a name (str), got {type(name).__name__}")
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    act = ACTIVATIONS[name]
-    if not act.smooth:
-        warnings.warn(
-            f"activation {name!r} is not smooth: the O(1/L + sqrt(D/(LM))) rates of the theory "
-            "assume a smooth sigma",
-            stacklevel=3,
-        )
-    return act
+__all__ = ["Activation", "ACTIVATIONS", "get_activation", "Block", "TwoLayerBlock", "check_block"]
 
 
 def _weighted(x: Tensor, w: Tensor | float) -> Tensor:
@@ -115,10 +50,18 @@ class Block:
     D: int
     dz: int
     kappa: float
+    # --- what the block supports (declared here, checked once by check_block) -----------
     #: True when ``phi(h; -z) = phi(h; z)`` and ``d_z phi(h; -z) = -d_z phi(h; z)``: the unit
     #: dynamics then commute with ``z -> -z`` and the drift is invariant, so a symmetric node
     #: set can be folded in half (SPEC §4.3). Holds for the 2LP block with an odd sigma.
     odd_symmetric: bool = False
+    #: ``mu0 = N(0, variance I_dz)`` when set: the Gaussian node rules of the limit apply
+    #: (:mod:`meanode.limit.quadrature`); None: no quadrature limit for this block.
+    variance: float | None = None
+    #: True when the exact second-moment closure of SPEC §4.1 holds (2LP, sigma = identity).
+    closure_exact: bool = False
+    #: the activation whose lazy kernel gives the alpha -> infinity limit (SPEC §4.2; 2LP), or None.
+    lazy_activation: Activation | None = None
 
     # --- the definition of a block -------------------------------------------------
     def phi(self, h: Tensor, z: Tensor) -> Tensor:
@@ -177,6 +120,9 @@ class TwoLayerBlock(Block):
         self.kappa = float(D)
         self.act = get_activation(activation)
         self.odd_symmetric = self.act.odd
+        self.variance = float(D)
+        self.closure_exact = self.act.name == "identity"
+        self.lazy_activation = self.act if self.act.has_lazy_kernel else None
 
     def __repr__(self) -> str:
         return f"TwoLayerBlock(D={self.D}, activation={self.act.name!r})"
@@ -257,6 +203,26 @@ class TwoLayerBlock(Block):
         grad_z = torch.cat([grad_u, grad_v], dim=-1)
         v_h = None if w is None else torch.matmul(_scale_units(g, w), u) / self.D
         return v_h, grad_z
+
+
+def check_block(block, D: int) -> Block:
+    """The one check of a block handed to the trainer or the limit: a :class:`Block` whose ``D``
+    matches the embedding, with an integer ``dz >= 1``, a positive ``kappa`` and, if declared, a
+    positive ``variance``. Returns the block."""
+    if not isinstance(block, Block):
+        raise TypeError(f"block must be a meanode.Block, got {type(block).__name__}")
+    if getattr(block, "D", None) != D:
+        raise ValueError(f"block has D = {getattr(block, 'D', None)} but W_E has D = {D}")
+    dz = getattr(block, "dz", None)
+    if isinstance(dz, bool) or not isinstance(dz, int) or dz < 1:
+        raise ValueError(f"block.dz must be an integer >= 1, got {dz!r}")
+    kappa = getattr(block, "kappa", None)
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or kappa <= 0:
+        raise ValueError(f"block.kappa must be a positive number, got {kappa!r}")
+    var = block.variance
+    if var is not None and (isinstance(var, bool) or not isinstance(var, (int, float)) or not math.isfinite(var) or var <= 0):
+        raise ValueError(f"block.variance must be None or a positive number, got {var!r}")
+    return block
 
 
 def _no_grad(*xs) -> bool:

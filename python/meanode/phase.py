@@ -20,9 +20,8 @@ Observables (per seed, all from the same networks):
 * ``preact_move``  RMS over units, samples and layers of ``(u_K - u_0) . h^{l-1}_0(x_n) / D``: how
   far the pre-activations of the units move (used for the residual-scale experiment).
 
-The trainer here (:func:`trained_units`) is plain GD on :func:`meanode.resnet_gradient`; it gives
-the same trajectory as :func:`meanode.train_resnet` (checked in the tests) and also returns the
-weights, which :class:`~meanode.TrainResult` does not carry.
+The trained weights come from :func:`meanode.train_resnet` (``return_weights=True``), so a
+seed counts as diverged by the one rule of the trainer (:func:`meanode.resnet.diverged`).
 """
 
 from __future__ import annotations
@@ -34,9 +33,9 @@ import numpy as np
 import torch
 
 from .blocks import TwoLayerBlock
-from .resnet import MLU, Scaling, init_weights, resnet_gradient
+from .resnet import MLU, Scaling, resnet_gradient, train_resnet
 
-__all__ = ["trained_units", "network_outputs", "output_jvp", "linearised_outputs", "extra_observables",
+__all__ = ["network_outputs", "output_jvp", "linearised_outputs", "extra_observables",
            "REGIMES", "REGIME_COLOURS", "predicted_regime", "predicted_exponents", "classify",
            "OBSERVABLES"]
 
@@ -76,31 +75,6 @@ def network_outputs(z: torch.Tensor, X: torch.Tensor, W_E: torch.Tensor, W_U: to
         h = h + c * block.drift(h, z[:, l], 1.0)
     f = h @ W_U / D
     return (f, torch.stack(hs)) if return_hidden else f
-
-
-def trained_units(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: float, steps: int,
-                  activation: str = "tanh", seeds=(0,), scaling: Scaling = MLU,
-                  divergence_threshold: float = 1e6) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Full-batch GD as :func:`meanode.train_resnet`, returning the weights.
-
-    Returns ``z0, zK`` (E, L, M, 2D) float64 and ``ok (E,)`` (False for a seed whose loss or
-    gradient became non-finite or whose loss exceeded ``divergence_threshold``; its ``zK`` is NaN).
-    """
-    X, Y, W_E, W_U = (_tensor(a) for a in (X, Y, W_E, W_U))
-    D = W_E.shape[0]
-    block = TwoLayerBlock(D, activation)
-    z0 = init_weights(block, L, M, seeds)
-    lam = scaling.learning_rate(eta, alpha, L, M, block.kappa)
-    z = z0.clone()
-    ok = torch.ones(z.shape[0], dtype=torch.bool)
-    for _ in range(steps):
-        loss, grad = resnet_gradient(X, Y, W_E, W_U, z, alpha=alpha, block=block, scaling=scaling)
-        bad = ~torch.isfinite(loss) | (loss > divergence_threshold) | ~torch.isfinite(grad).all(dim=(1, 2, 3))
-        ok &= ~bad
-        z = torch.where(ok[:, None, None, None], z - lam * grad, torch.full_like(z, float("nan")))
-        if not bool(ok.any()):
-            break
-    return z0, z, ok.numpy()
 
 
 def linearised_outputs(X, Y, W_E, W_U, z0: torch.Tensor, *, alpha: float, eta: float, steps: int,
@@ -158,9 +132,9 @@ def extra_observables(X, Y, W_E, W_U, *, L: int, M: int, alpha: float, eta: floa
     Xt, Yt, WEt, WUt = torch_arrays
     D = WEt.shape[0]
     block = TwoLayerBlock(D, activation)
-    z0, zK, ok = trained_units(Xt, Yt, WEt, WUt, L=L, M=M, alpha=alpha, eta=eta, steps=steps,
-                               activation=activation, seeds=seeds, scaling=scaling,
-                               divergence_threshold=divergence_threshold)
+    res = train_resnet(Xt, Yt, WEt, WUt, L=L, M=M, alpha=alpha, eta=eta, steps=steps, activation=activation,
+                       seeds=seeds, scaling=scaling, divergence_threshold=divergence_threshold, return_weights=True)
+    z0, zK, ok = res.z0, res.zK, ~res.diverged
     c = scaling.multiplier(alpha, L, M)
     out: dict[str, np.ndarray] = {}
     nan = torch.tensor(float("nan"), dtype=torch.float64)

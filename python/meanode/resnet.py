@@ -31,9 +31,17 @@ import torch
 
 from ._checks import (check_problem, nonnegative_int, positive_float, positive_int, resolve_device,
                       resolve_dtype, warn_outside_regime)
-from .blocks import Block, TwoLayerBlock
+from .blocks import Block, TwoLayerBlock, check_block
 
-__all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient"]
+__all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient", "diverged"]
+
+
+def diverged(loss: torch.Tensor, hL: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The divergence rule of every trainer path (SPEC §7): per member, True when the loss
+    ``(E,)`` or the last hidden state ``hL (E, n, D)`` is non-finite, or the RMS per coordinate
+    of ``hL`` exceeds ``threshold``."""
+    rms = hL.pow(2).mean(dim=tuple(range(1, hL.dim()))).sqrt()
+    return ~(torch.isfinite(loss) & torch.isfinite(rms) & (rms <= threshold))
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,11 @@ class TrainResult:
     unit_movement: (E,) ``|z_K - z_0| / |z_0|`` over all units (Frobenius norms)
     diverged: (E,) bool;  diverged_step: (E,) the step k where it was detected, -1 if never.
         A diverged seed stops training; its records after that step are NaN (never zeroed).
+        The rule (:func:`diverged`): the loss or ``h^L`` is non-finite, or the RMS per
+        coordinate of ``h^L`` exceeds ``divergence_threshold``; it is checked after every update,
+        the last one included (step K).
+    z0, zK: (E, L, M, dz) float64 tensors, the units at initialisation and after the last update
+        (``return_weights=True``; else None). A diverged seed's ``zK`` is NaN.
     """
 
     f: np.ndarray
@@ -81,6 +94,8 @@ class TrainResult:
     seeds: tuple[int, ...]
     config: dict = field(default_factory=dict)
     wall_time: float = 0.0
+    z0: torch.Tensor | None = None
+    zK: torch.Tensor | None = None
 
 
 def init_weights(block: Block, L: int, M: int, seeds: Sequence[int], dtype=torch.float64,
@@ -256,7 +271,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
                  activation: str = "tanh", seeds: Sequence[int] = (0,), init=None, device="cpu",
                  dtype: torch.dtype = torch.float64, block: Block | None = None,
                  scaling: Scaling = MLU, X_eval=None, record_hidden: bool = False,
-                 divergence_threshold: float = 1e6) -> TrainResult:
+                 divergence_threshold: float = 1e6, return_weights: bool = False) -> TrainResult:
     """Train E = len(seeds) finite ResNets at once by full-batch GD (SPEC §1) for ``steps`` steps.
 
     Arguments:
@@ -276,6 +291,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         record_hidden: also record every ``h^l``.
         divergence_threshold: a seed whose loss or ``h^L`` is non-finite, or whose RMS
             per coordinate of ``h^L`` exceeds this, is marked diverged at that step and stops.
+        return_weights: also return the initial and final units ``z0``, ``zK`` (E, L, M, dz).
 
     Returns a :class:`TrainResult`.
     """
@@ -291,10 +307,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         raise TypeError(f"scaling must be a meanode.Scaling, got {type(scaling).__name__}")
     X, Y, W_E, W_U, X_eval = check_problem(X, Y, W_E, W_U, X_eval, dtype, device)
     D, N = W_E.shape[0], X.shape[0]
-    if block is None:
-        block = TwoLayerBlock(D, activation)
-    elif getattr(block, "D", D) != D:
-        raise ValueError(f"block has D = {block.D} but W_E has D = {D}")
+    block = TwoLayerBlock(D, activation) if block is None else check_block(block, D)
     warn_outside_regime(D, L, M)
     seeds = tuple(int(s) for s in seeds)
     if len(seeds) < 1:
@@ -337,8 +350,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         f = hL @ W_U / D  # (E, n_all, d_out)
         r = f[:, :N] - Y
         loss = 0.5 * r.pow(2).sum(dim=(1, 2)) / N
-        rms = hL.pow(2).mean(dim=(1, 2)).sqrt()
-        bad = active & ~(torch.isfinite(loss) & torch.isfinite(rms) & (rms <= divergence_threshold))
+        bad = active & diverged(loss, hL, divergence_threshold)
         diverged_step[bad] = k
         rec = active.clone()  # the diverging step itself is recorded, as it is
         active &= ~bad
@@ -355,7 +367,13 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
             step = step * active.to(dtype).reshape(E, 1, 1)
         kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, step, kernel.params)
 
-    movement = (kernel.units() - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
+    zK = kernel.units()
+    movement = (zK - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
+    weights = {}
+    if return_weights:  # (E, L, M, dz) float64 on the CPU; a diverged member's final units are NaN
+        bad = (diverged_step >= 0).reshape(1, E, 1, 1)
+        weights = dict(z0=z0.transpose(0, 1).to(torch.float64).cpu(),
+                       zK=torch.where(bad, torch.full_like(zK, float("nan")), zK).transpose(0, 1).to(torch.float64).cpu())
     f_np = f_rec.cpu().numpy()
     h_np = h_rec.cpu().numpy()
     return TrainResult(
@@ -370,5 +388,5 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
                     block=repr(block), scaling=(scaling.a, scaling.b), multiplier=_scalar_or_list(c),
                     learning_rate=_scalar_or_list(lam),
                     dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold),
-        wall_time=time.perf_counter() - t0,
+        wall_time=time.perf_counter() - t0, **weights,
     )
