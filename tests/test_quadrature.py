@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from scipy import integrate
 
+from _mp_hermite import construct_nested_hermite_mp
 from meanode.limit.quadrature import (
     LATTICES,
     NESTED_DEGREES,
     NESTED_SIZES,
     SMOLYAK_MAX_LEVEL,
     Rule,
-    construct_nested_hermite_mp,
     gauss_hermite,
     lattice,
     lattice_family,

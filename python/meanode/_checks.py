@@ -9,32 +9,50 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_problem", "positive_int", "positive_float", "nonnegative_int"]
+__all__ = ["ArgumentTypeError", "integer", "real", "as_tensor", "check_problem", "positive_int", "positive_float",
+           "nonnegative_int", "resolve_device", "resolve_dtype"]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. Both a TypeError and a ValueError, so a caller catching
+    either sees it (the checks of the node rules have always raised ValueError)."""
+
+
+def integer(name: str, value, minimum: int | None = None, *, integral_float: bool = False) -> int:
+    """``value`` as an int (bool refused) that is ``>= minimum``; ``integral_float`` also accepts
+    floats that are whole numbers (YAML files). Errors name ``name``."""
+    if integral_float and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise ArgumentTypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def real(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
+    """``value`` as a finite float (bool and strings refused), ``>= minimum`` (``> minimum`` when
+    ``strict``). Errors name ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise ArgumentTypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value:g}")
+    return value
 
 
 def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return integer(name, value, 1)
 
 
 def nonnegative_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return integer(name, value, 0)
 
 
 def positive_float(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
-    return value
+    return real(name, value, minimum=0.0, strict=not allow_zero)
 
 
 def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

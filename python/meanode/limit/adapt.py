@@ -22,30 +22,15 @@ orientation with error >= 1.7e-5 from all orientations with error <= 4.1e-6.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..blocks import TwoLayerBlock
 from . import quadrature as q
+from .quadrature import Ridges, ridge_aliasing
 
 __all__ = ["Ridges", "ridge_samples", "ridge_aliasing"]
-
-
-@dataclass(frozen=True)
-class Ridges:
-    """Equally weighted ridge samples in standardised coordinates ``z / sqrt(var)``.
-
-    directions: (S, dz) unit vectors; strips: (S,) analyticity half-widths ``pi / (2 |grad a|)``.
-    """
-
-    directions: np.ndarray
-    strips: np.ndarray
-
-    @property
-    def dim(self) -> int:
-        return int(self.directions.shape[1])
 
 
 def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, max_samples: int = 20_000,
@@ -114,19 +99,3 @@ def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, m
     rng = np.random.default_rng(seed)
     idx = rng.choice(dirs.shape[0], size=min(int(max_samples), dirs.shape[0]), replace=True, p=wts / wts.sum())
     return Ridges(dirs[idx], strips[idx])
-
-
-def ridge_aliasing(ridges: Ridges, xi: np.ndarray, R: np.ndarray, chunk: int = 32) -> float:
-    """Score of the rotated dual points ``R xi`` (``xi``: (M, d), ``2 pi m / c``) against ridges:
-    ``sum_xi mean_s exp(-strip_s |xi . e_s| - |xi_perp|^2 / 2)``, the size of the Fourier
-    transform of a ridge of direction ``e_s`` and half-width ``strip_s`` under a unit Gaussian
-    envelope, at the aliased frequencies."""
-    y = xi @ R.T
-    e, st = ridges.directions, ridges.strips
-    tot = 0.0
-    for i in range(0, y.shape[0], chunk):
-        yy = y[i:i + chunk]
-        p = e @ yy.T  # (S, m)
-        perp2 = (yy * yy).sum(axis=1)[None, :] - p * p
-        tot += float(np.exp(-st[:, None] * np.abs(p) - 0.5 * perp2).mean(axis=0).sum())
-    return tot
