@@ -116,7 +116,7 @@ def bench_limit(args, gpu: torch.device, cpu: torch.device) -> dict:
         t_c, r_c = timed(lambda: run(cpu), cpu, repeats=1, warmup=0)
         t_g, r_g = timed(lambda: run(gpu), gpu, repeats=1, warmup=1 if gpu.type == "cuda" else 0)
         for name, t, r in ((f"{solver} cpu", t_c, r_c), (f"{solver} {label}", t_g, r_g)):
-            out["runs"][name] = dict(seconds=t, rhs_evaluations=int(r.stats.get("nfev", -1)),
+            out["runs"][name] = dict(seconds=t, rhs_evaluations=int(r.stats.nfev),
                                      error_estimate=float(r.error_estimate), solver=str(r.solver),
                                      device=str(r.config.get("device")))
         out["runs"][f"{solver} {label}"].update(speedup_vs_cpu=t_c / t_g,

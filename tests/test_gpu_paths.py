@@ -14,7 +14,7 @@ import torch
 
 import meanode as mn
 from meanode import sweep as sw
-from meanode.limit import api as limit_api
+from meanode.limit import nodes as limit_nodes
 
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False here)"
@@ -74,7 +74,7 @@ def test_cuda_requests_without_cuda_are_clear_errors():
 @pytest.mark.parametrize("device", DEVICES)
 def test_limit_quadrature_nodes_live_on_the_device(device, solver, monkeypatch):
     seen = []
-    real = limit_api.NodeDynamics
+    real = limit_nodes.NodeDynamics
 
     def spy(block, z0, w, *args, **kw):
         seen.append((z0.device.type, w.device.type, z0.dtype, w.dtype))
@@ -84,7 +84,7 @@ def test_limit_quadrature_nodes_live_on_the_device(device, solver, monkeypatch):
     common = dict(alpha=1.0, eta=0.2, steps=2, method="quadrature", rule="gauss_hermite", level=4, solver=solver,
                   rtol=1e-9, atol=1e-11)
     ref = mn.mean_ode_limit(**prob.arrays(), device="cpu", **common)
-    monkeypatch.setattr(limit_api, "NodeDynamics", spy)
+    monkeypatch.setattr(limit_nodes, "NodeDynamics", spy)
     res = mn.mean_ode_limit(**prob.arrays(), device=device, **common)
     assert seen and all(s == (device, device, torch.float64, torch.float64) for s in seen), seen
     assert res.config["device"].startswith(device)

@@ -40,7 +40,7 @@ def test_step_zero_is_the_identity_map_and_trajectories_are_dense(prob):
     b1 = (res.f[:2] - prob.Y) @ prob.W_U.T / (N * D)
     assert np.abs(res.b_at(1.0) - b1).max() < 1e-13
     assert res.f.shape == (3, 10, 5) and res.h.shape == (3, 10, 2) and res.B.shape[0] == 2
-    assert res.stats["nfev"] > 0 and res.stats["nsteps"] > 0 and res.solver.method == "DOP853"
+    assert res.stats.nfev > 0 and res.stats.nsteps > 0 and res.solver.method == "DOP853"
 
 
 def test_limit_does_not_depend_on_depth_nodes(prob):

@@ -18,6 +18,7 @@ from .bridge import (
     JuliaUnavailableError,
     find_julia_executable,
     julia_available,
+    julia_method_label,
     julia_solver_name,
     julia_source_path,
     julia_status,
@@ -27,6 +28,6 @@ from .bridge import (
 
 __all__ = [
     "INSTALL_HINT", "JULIA_SOLVERS", "JuliaError", "JuliaSolverError", "JuliaUnavailableError",
-    "find_julia_executable", "julia_available", "julia_solver_name", "julia_source_path", "julia_status",
+    "find_julia_executable", "julia_available", "julia_method_label", "julia_solver_name", "julia_source_path", "julia_status",
     "resolve_auto_backend", "start",
 ]

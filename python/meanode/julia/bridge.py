@@ -22,7 +22,7 @@ which is also a :class:`meanode.solvers.SolverError`.
 
 Nothing here falls back to another backend: where the Julia path cannot run it raises
 :class:`JuliaUnavailableError`. Choosing a backend automatically is :func:`resolve_auto_backend`'s
-business.
+business. :class:`JuliaBackend` is the :class:`meanode.limit.backends.Backend` of this module.
 
 Test seam: :func:`_set_runtime_for_tests` installs a fake runtime (an object with ``module`` —
 having ``solve_limit`` — and ``describe(exc)``), or with ``None`` forgets the runtime and any
@@ -37,18 +37,21 @@ import os
 import shutil
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..solvers import ODEStats, SolverChoice, SolverError
+from ..limit.result import Run
+from ..solvers import ODEStats, SolverChoice, SolverError, warn_if_remapped
 
 __all__ = [
     "JuliaUnavailableError", "JuliaError", "JuliaSolverError", "JULIA_SOLVERS", "INSTALL_HINT",
-    "julia_available", "julia_status", "julia_solver_name", "julia_source_path", "find_julia_executable",
-    "resolve_auto_backend", "start", "solve_raw", "run",
+    "julia_available", "julia_status", "julia_solver_name", "julia_method_label", "julia_source_path",
+    "find_julia_executable",
+    "resolve_auto_backend", "start", "solve_raw", "JuliaBackend",
 ]
 
 INSTALL_HINT = (
@@ -69,6 +72,13 @@ JULIA_SOLVERS: dict[str, str] = {
     "RK45": "Tsit5", "DP5": "Tsit5", "dopri5": "Tsit5", "RK23": "Tsit5", "BS3": "Tsit5",
     "Radau": "Rodas5P", "RadauIIA5": "Rodas5P", "BDF": "Rodas5P", "QNDF": "Rodas5P", "FBDF": "Rodas5P",
 }
+
+
+def julia_method_label(solver: str) -> str:
+    """How ``MeanODE.solve_limit`` names the method it ran for ``solver`` (a name it accepts, as
+    :data:`JULIA_SOLVERS` gives it): the name itself, except ``"auto"``, which runs
+    ``AutoVern9(Rodas5P())`` (``algorithm`` in ``julia/MeanODE.jl``)."""
+    return "AutoVern9(Rodas5P())" if solver == "auto" else solver
 
 
 class JuliaUnavailableError(RuntimeError):
@@ -392,10 +402,8 @@ def solve_raw(kind: str, X, Y, W_E, W_U, X_eval=None, *, choice: SolverChoice, *
     return out
 
 
-def _raw_run(res: dict, grid, K: int, n: int, N: int, D: int) -> dict:
-    """A Julia result in the form the Python engine's ``run_limit`` returns (for ``api._finish``)."""
-    from ..limit.engine import _relative_tail
-
+def _as_run(res: dict, grid, K: int, n: int, N: int, D: int, choice: SolverChoice) -> Run:
+    """A Julia result as the :class:`~meanode.limit.result.Run` every backend returns."""
     shapes = {"H": (K + 1, grid.Q, n, D), "B": (K, grid.Q, N, D)}
     for key, shape in shapes.items():
         if res[key].shape != shape:
@@ -403,28 +411,38 @@ def _raw_run(res: dict, grid, K: int, n: int, N: int, D: int) -> dict:
     H, B, f = (torch.from_numpy(res[k]) for k in ("H", "B", "f"))
     tail = 0.0
     for V in list(H) + list(B):
-        tail = max(tail, _relative_tail(grid, V))
+        tail = max(tail, grid.relative_tail(V))
     stats = ODEStats(nfev=res["nfev"], njev=res["njev"], nlu=res["nlu"], nsteps=res["nsteps"],
                      nrejected=res["nrejected"], nsolves=res["nsolves"], wall_time=res["wall_time"])
-    return dict(H=H, B=B, f=f, stats=stats, depth_tail=tail, method=res["method"])
+    return Run(H=H, B=B, f=f, stats=stats, depth_tail=tail, choice=replace(choice, method=res["method"]))
 
 
 # --------------------------------------------------------------------------------------------
-# the entry point api.Runner dispatches to
+# the backend (meanode.limit.backends.Backend)
 # --------------------------------------------------------------------------------------------
 
-def run(runner, kind: str, rule=None) -> dict:
-    """One run of :class:`meanode.limit.api.Runner` on Julia: ``kind`` in {closure, quadrature,
-    lazy}, ``rule`` the (already folded) node set for quadrature. Returns the engine's raw dict
-    plus ``method``, the OrdinaryDiffEq method that ran."""
-    K, grid = runner.K, runner.grid
-    N, D = runner.X.shape[0], runner.W_E.shape[0]
-    n = N + (0 if runner.X_eval is None else runner.X_eval.shape[0])
-    kw = dict(alpha=float(runner.alpha), eta=float(runner.eta), steps=int(K), activation=runner.block.act.name,
-              rtol=float(runner.rtol), atol=float(runner.atol), depth_nodes=int(grid.Q))
-    if rule is not None:
-        kw.update(nodes=rule.nodes, weights=rule.weights)
-    arrays = [a.numpy() for a in (runner.X, runner.Y, runner.W_E, runner.W_U)]
-    X_eval = None if runner.X_eval is None else runner.X_eval.numpy()
-    res = solve_raw(kind, *arrays, X_eval, choice=runner.choice, **kw)
-    return _raw_run(res, grid, K, n, N, D)
+class JuliaBackend:
+    """Runs a whole limit in Julia (``MeanODE.solve_limit``): the 2LP block on the CPU.
+    Implements :class:`meanode.limit.backends.Backend`."""
+
+    name = "julia"
+
+    def choice(self, solver: str) -> SolverChoice:
+        """The OrdinaryDiffEq method for a requested name (warns once when it is another method)."""
+        choice = SolverChoice(solver, "julia", julia_method_label(julia_solver_name(solver)))
+        warn_if_remapped(choice)
+        return choice
+
+    def run(self, spec, kind: str, rule=None) -> Run:
+        """One run of ``kind`` in {closure, quadrature, lazy}; ``rule`` the (already folded) node set."""
+        K, grid = spec.K, spec.grid
+        N, D = spec.X.shape[0], spec.W_E.shape[0]
+        n = N + (0 if spec.X_eval is None else spec.X_eval.shape[0])
+        kw = dict(alpha=float(spec.alpha), eta=float(spec.eta), steps=int(K), activation=spec.block.act.name,
+                  rtol=float(spec.rtol), atol=float(spec.atol), depth_nodes=int(grid.Q))
+        if rule is not None:
+            kw.update(nodes=rule.nodes, weights=rule.weights)
+        arrays = [a.numpy() for a in (spec.X, spec.Y, spec.W_E, spec.W_U)]
+        X_eval = None if spec.X_eval is None else spec.X_eval.numpy()
+        res = solve_raw(kind, *arrays, X_eval, choice=spec.choice, **kw)
+        return _as_run(res, grid, K, n, N, D, spec.choice)

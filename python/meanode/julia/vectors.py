@@ -89,7 +89,7 @@ def python_solve_limit(kind: str, X, Y, W_E, W_U, X_eval=None, *, alpha: float =
     """
     from ..blocks import TwoLayerBlock
     from ..limit import quadrature as q
-    from ..limit.api import Runner
+    from ..limit.backends import EngineBackend, RunSpec
     from ..limit.depth import DepthGrid
     from ..solvers import resolve_solver
 
@@ -105,11 +105,11 @@ def python_solve_limit(kind: str, X, Y, W_E, W_U, X_eval=None, *, alpha: float =
         if nodes is None or weights is None:
             raise ValueError("kind 'quadrature' needs nodes and weights")
         rule = q.Rule(np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64), "given")
-    runner = Runner(Xt, Yt, WE, WU, Xe, TwoLayerBlock(WE.shape[0], activation), float(alpha), float(eta),
-                    int(steps), choice, float(rtol), float(atol), DepthGrid(int(depth_nodes)))
-    raw = runner(kind, rule)
-    out: dict[str, Any] = {k: raw[k].cpu().numpy() for k in ("H", "B", "f")}
-    out.update(raw["stats"].as_dict())
+    spec = RunSpec(Xt, Yt, WE, WU, Xe, TwoLayerBlock(WE.shape[0], activation), float(alpha), float(eta),
+                   int(steps), choice, float(rtol), float(atol), DepthGrid(int(depth_nodes)))
+    run = EngineBackend().run(spec, kind, rule)
+    out: dict[str, Any] = {k: getattr(run, k).cpu().numpy() for k in ("H", "B", "f")}
+    out.update(run.stats.as_dict())
     out.update(method=f"python:{choice.method}", kind=kind)
     return out
 

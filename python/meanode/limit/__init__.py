@@ -1,7 +1,15 @@
-"""The infinite-depth limit: the Neural Mean ODE training dynamics and its lazy limit."""
+"""The infinite-depth limit: the Neural Mean ODE training dynamics and its lazy limit.
 
-from .api import METHODS, RULES, lazy_limit, mean_ode_limit
+:func:`mean_ode_limit` and :func:`lazy_limit` (:mod:`.api`) drive one engine loop
+(:mod:`.engine`) over small dynamics (:mod:`.nodes`, :mod:`.closure`, :mod:`.lazy`) on a Chebyshev
+depth grid (:mod:`.depth`); the quadrature options are objects (:mod:`.options`) over the node
+rules of :mod:`.quadrature`; :mod:`.backends` runs the loop in Python or Julia.
+"""
+
+from .api import METHODS, lazy_limit, mean_ode_limit
 from .depth import DepthGrid
-from .engine import LimitResult
+from .options import RQMC, RULES, GaussHermite, Lattice, RuleFamily, RuleOptions, Smolyak
+from .result import LimitResult
 
-__all__ = ["mean_ode_limit", "lazy_limit", "LimitResult", "DepthGrid", "METHODS", "RULES"]
+__all__ = ["mean_ode_limit", "lazy_limit", "LimitResult", "DepthGrid", "METHODS", "RULES", "RuleOptions", "Lattice",
+           "GaussHermite", "Smolyak", "RQMC", "RuleFamily"]

@@ -37,14 +37,13 @@ def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, m
                   depth_stride: int = 2, seed: int = 0) -> Ridges:
     """Ridge directions of a pilot :func:`~meanode.limit.mean_ode_limit` run.
 
-    ``result``: the pilot's LimitResult (its ``H``, ``B``, ``depth`` and ``config``); ``rule``: the
+    ``result``: the pilot's LimitResult (its ``H``, ``B``, ``alpha``, ``eta``, ``D``); ``rule``: the
     node set to probe with (e.g. the pilot's own fine rule; folded automatically). Only the
     2LP block is supported (``block`` defaults to tanh with the pilot's D). Cost: K replayed
     updates with ``dz`` forward-mode tangents on the probe nodes at every ``depth_stride``-th
     depth node.
     """
-    cfg = result.config
-    D = int(cfg["D"])
+    D = result.D
     if block is None:
         block = TwoLayerBlock(D, "tanh")
     if not isinstance(block, TwoLayerBlock):
@@ -56,7 +55,7 @@ def ridge_samples(result, rule: q.Rule, *, block: TwoLayerBlock | None = None, m
     except ValueError:
         pass
     var = float(block.D)
-    rate = float(cfg["eta"]) * block.kappa / float(cfg["alpha"])
+    rate = float(result.eta) * block.kappa / float(result.alpha)
     H = torch.from_numpy(np.ascontiguousarray(result.H))  # (K+1, Q, n, D)
     B = torch.from_numpy(np.ascontiguousarray(result.B))  # (K, Q, N, D)
     K, N = B.shape[0], B.shape[2]

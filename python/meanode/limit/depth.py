@@ -80,3 +80,8 @@ class DepthGrid:
         bound on the interpolation error once the coefficients are resolved."""
         c = self.coefficients(values)
         return 2.0 * float(c[-3:].abs().max())
+
+    def relative_tail(self, values: Tensor) -> float:
+        """:meth:`tail` relative to the largest magnitude of ``values`` (0 for all-zero values)."""
+        scale = float(values.abs().max())
+        return self.tail(values) / scale if scale > 0 else 0.0

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..solvers import ODEStats, SolverChoice, integrate
 from .depth import DepthGrid
+from .result import Run
 
-__all__ = ["Dynamics", "LimitResult", "run_limit"]
+__all__ = ["Dynamics", "run_limit"]
 
 
 class Dynamics:
@@ -53,78 +52,13 @@ class Dynamics:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, eq=False)
-class LimitResult:
-    """A Mean ODE (or lazy ODE) limit over K steps, as numpy arrays.
-
-    f: (K+1, N, d_out), h: (K+1, N, D) with ``h = h_k(1, x)``; f_eval, h_eval on held-out inputs.
-    loss: (K+1,).
-    error_estimate: a bound on the max-abs error of ``f`` (all steps, samples, outputs), the sum
-        of ``error_parts`` (quadrature gap or spread, depth interpolation, solver tolerance).
-    H: (K+1, Q, n, D) ``h_k`` at the depth nodes (training inputs first, then held-out ones);
-    B: (K, Q, N, D) ``b_k`` at the depth nodes. Use :meth:`h_at` / :meth:`b_at` for any s.
-    solver: the solver that ran; stats: RHS evaluations, steps, Jacobians, wall time.
-    """
-
-    f: np.ndarray
-    h: np.ndarray
-    f_eval: np.ndarray | None
-    h_eval: np.ndarray | None
-    loss: np.ndarray
-    error_estimate: float
-    error_parts: dict
-    method: str
-    solver: SolverChoice
-    stats: dict
-    depth: DepthGrid
-    H: np.ndarray
-    B: np.ndarray
-    config: dict = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return self.f.shape[0] - 1
-
-    def __repr__(self) -> str:
-        return (f"LimitResult(method={self.method!r}, steps={self.steps}, N={self.f.shape[1]}, D={self.h.shape[2]}, "
-                f"error_estimate={self.error_estimate:.2e}, solver='{self.solver}')")
-
-    def summary(self) -> str:
-        """A few lines: method, solver, the error bound and its parts, the work done."""
-        parts = ", ".join(f"{k} {v:.1e}" for k, v in self.error_parts.items())
-        st = self.stats
-        return (f"{self.method}: K={self.steps}, loss {self.loss[0]:.6f} -> {self.loss[-1]:.6f}\n"
-                f"  output error <= {self.error_estimate:.2e} (max-abs; {parts})\n"
-                f"  solver {self.solver}: {st['nfev']} RHS evaluations, {st['nsteps']} steps, "
-                f"{st['njev']} Jacobians, {st['nsolves']} solves, {st['wall_time']:.2f} s")
-
-    def h_at(self, s, k: int | None = None) -> np.ndarray:
-        """``h_k(s, x)``: ``(S, n, D)`` for s of shape (S,), or ``(n, D)`` for a scalar;
-        all k (leading axis K+1) when ``k`` is None."""
-        return self._at(self.H, s, k)
-
-    def b_at(self, s, k: int | None = None) -> np.ndarray:
-        """``b_k(s, x_n)`` on the training inputs, k = 0..K-1; shapes as :meth:`h_at`."""
-        return self._at(self.B, s, k)
-
-    def _at(self, V: np.ndarray, s, k):
-        vals = torch.from_numpy(V if k is None else V[k])
-        if k is None:
-            vals = vals.movedim(0, 1)  # (Q, K, ...)
-        out = self.depth.interp_many(vals, s).numpy()
-        if np.ndim(s) == 0:
-            out = out[0]
-        elif k is None:
-            out = np.moveaxis(out, 1, 0)
-        return out
-
-
 def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_eval: Tensor | None,
               K: int, choice: SolverChoice, rtol: float, atol: float, grid: DepthGrid,
-              progress: bool = False) -> dict:
-    """Drive ``dyn`` through K steps; returns tensors ``H (K+1, Q, n, D)``, ``B (K, Q, N, D)``,
-    ``f (K+1, n, d_out)``, the summed :class:`ODEStats` and ``depth_tail``, the largest relative
-    Chebyshev tail of any trajectory (its interpolation error relative to its size)."""
+              progress: bool = False) -> Run:
+    """Drive ``dyn`` through K steps; returns the :class:`~meanode.limit.result.Run`: tensors
+    ``H (K+1, Q, n, D)``, ``B (K, Q, N, D)``, ``f (K+1, n, d_out)``, the summed :class:`ODEStats`
+    and ``depth_tail``, the largest relative Chebyshev tail of any trajectory (its interpolation
+    error relative to its size)."""
     t0 = time.perf_counter()
     N, D = X.shape[0], W_E.shape[0]
     X_all = X if X_eval is None else torch.cat([X, X_eval])
@@ -139,7 +73,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         f = H[-1] @ W_U / D
         Hs.append(H)
         fs.append(f)
-        tail = max(tail, _relative_tail(grid, H))
+        tail = max(tail, grid.relative_tail(H))
         if progress:
             loss = 0.5 * float((f[:N] - Y).pow(2).sum()) / N
             print(f"  [{dyn.name}] step {k}/{K}: loss {loss:.6f}, {stats.nfev} RHS evaluations, "
@@ -156,13 +90,8 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         stats.add(st)
         B = B_rev.flip(0)
         Bs.append(B)
-        tail = max(tail, _relative_tail(grid, B))
+        tail = max(tail, grid.relative_tail(B))
         dyn.update(H_train, B)
     stats.wall_time = time.perf_counter() - t0
     B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, D), dtype=h0.dtype, device=h0.device)
-    return dict(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail)
-
-
-def _relative_tail(grid: DepthGrid, V: Tensor) -> float:
-    scale = float(V.abs().max())
-    return grid.tail(V) / scale if scale > 0 else 0.0
+    return Run(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail)

@@ -27,7 +27,8 @@ class LazyDynamics(Dynamics):
 
     name = "lazy"
 
-    def __init__(self, activation: str, D: int, eta: float, grid: DepthGrid):
+    def __init__(self, activation, D: int, eta: float, grid: DepthGrid):
+        """``activation``: an :class:`~meanode.activations.Activation` with a lazy kernel (or its name)."""
         self.activation, self.D, self.eta, self.grid = activation, D, eta, grid
         self.Hh: Tensor | None = None
         self.Bh: Tensor | None = None

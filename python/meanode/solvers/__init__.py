@@ -16,15 +16,20 @@ BDF, QNDF, FBDF                BDF             (error)
 LSODA, auto                    LSODA           (error)
 =============================  ==============  =================================
 
-A backend is chosen with a prefix (``"torch:Tsit5"``, ``"scipy:Radau"``, ``"julia:Vern9"``)
-or by the ``backend=`` argument of the limit functions; no prefix means SciPy.
+A backend is chosen with a prefix (``"torch:Tsit5"``, ``"scipy:Radau"``) or by the ``backend=``
+argument of the limit functions; no prefix means SciPy. A name that maps to another method warns
+once (and ``str(choice)`` says "asked ..."). Julia (``"julia:Vern9"``) does not integrate single
+ODEs from Python: it replaces the whole limit engine (:mod:`meanode.limit.backends`,
+:mod:`meanode.julia`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
-__all__ = ["SolverChoice", "ODEStats", "SolverError", "resolve_solver", "integrate", "SCIPY_METHODS"]
+__all__ = ["SolverChoice", "ODEStats", "SolverError", "resolve_solver", "warn_if_remapped", "integrate", "SCIPY_METHODS",
+           "BACKENDS"]
 
 SCIPY_METHODS = {
     "DOP853": "DOP853", "Vern7": "DOP853", "Vern8": "DOP853", "Vern9": "DOP853",
@@ -36,7 +41,8 @@ SCIPY_METHODS = {
     "LSODA": "LSODA", "auto": "LSODA",
 }
 _TORCH_EXPLICIT = {"DOP853", "Vern7", "Vern8", "Vern9", "Tsit5", "RK45", "DP5", "dopri5", "RK23", "BS3"}
-BACKENDS = ("scipy", "torch", "julia")
+BACKENDS = ("scipy", "torch")
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,8 @@ class SolverError(RuntimeError):
 
 
 def resolve_solver(name: str, backend: str | None = None) -> SolverChoice:
-    """Map a solver name (optionally ``backend:name``) to the method that will run."""
+    """Map a solver name (optionally ``backend:name``) to the method that will run on the SciPy or
+    torch backend; a remapped name warns once per (name, backend)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"solver must be a non-empty string, got {name!r}")
     if ":" in name:
@@ -93,17 +100,28 @@ def resolve_solver(name: str, backend: str | None = None) -> SolverChoice:
     if backend in (None, "auto"):
         backend = "scipy"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown solver backend {backend!r}; choose one of {BACKENDS}")
+        raise ValueError(f"unknown solver backend {backend!r}; choose one of {BACKENDS} (or 'julia' in the limit "
+                         "functions)")
     if backend == "scipy":
         if name not in SCIPY_METHODS:
             raise ValueError(f"unknown solver {name!r}; known names: {sorted(SCIPY_METHODS)}")
-        return SolverChoice(name, "scipy", SCIPY_METHODS[name])
-    if backend == "torch":
+        choice = SolverChoice(name, "scipy", SCIPY_METHODS[name])
+    else:
         if name not in _TORCH_EXPLICIT:
             raise ValueError(f"the torch backend has explicit Runge–Kutta only (dopri5); {name!r} is not "
                              f"available there: use scipy:{name} or julia:{name}")
-        return SolverChoice(name, "torch", "dopri5")
-    return SolverChoice(name, "julia", name)
+        choice = SolverChoice(name, "torch", "dopri5")
+    warn_if_remapped(choice)
+    return choice
+
+
+def warn_if_remapped(choice: SolverChoice) -> None:
+    """Warn (once per requested name and backend) when the method that runs is not the one asked for."""
+    key = (choice.requested, choice.backend)
+    if choice.method != choice.requested and choice.requested != "auto" and key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"solver {choice.requested!r} is not available on the {choice.backend} backend; "
+                      f"{choice.backend}:{choice.method} runs instead (the nearest method)", stacklevel=4)
 
 
 def integrate(rhs, y0, t0: float, t1: float, t_eval, choice: SolverChoice, rtol: float, atol: float):
@@ -116,4 +134,4 @@ def integrate(rhs, y0, t0: float, t1: float, t_eval, choice: SolverChoice, rtol:
     if choice.backend == "torch":
         from .torch_rk import integrate_torch
         return integrate_torch(rhs, y0, t0, t1, t_eval, choice, rtol, atol)
-    raise ValueError(f"backend {choice.backend!r} does not integrate single ODEs from Python")
+    raise ValueError(f"backend {choice.backend!r} does not integrate single ODEs from Python")  # pragma: no cover

@@ -1,0 +1,124 @@
+"""What a limit computation returns: one engine :class:`Run`, and the packaged :class:`LimitResult`.
+
+Every backend (the Python engine with SciPy or torch solvers, the Julia bridge) returns a
+:class:`Run` for one solve of the K-step loop; :mod:`meanode.limit.api` combines one or more runs
+(two quadrature levels, RQMC replicates, refined depth grids) into a :class:`LimitResult` with
+its error estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..solvers import ODEStats, SolverChoice
+from .depth import DepthGrid
+
+__all__ = ["Run", "LimitResult"]
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One solve of the limit's K-step loop (SPEC §3), as every backend returns it.
+
+    H: (K+1, Q, n, D) ``h_k`` at the depth nodes (n = training then held-out inputs);
+    B: (K, Q, N, D) ``b_k`` at the depth nodes; f: (K+1, n, d_out) outputs;
+    stats: the summed solver work; depth_tail: the largest relative Chebyshev tail of any
+    trajectory (its interpolation error relative to its size); choice: the solver that ran
+    (set by the backend: Julia names the OrdinaryDiffEq method it used).
+    """
+
+    H: Tensor
+    B: Tensor
+    f: Tensor
+    stats: ODEStats
+    depth_tail: float
+    choice: SolverChoice | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class LimitResult:
+    """A Mean ODE (or lazy ODE) limit over K steps, as numpy arrays.
+
+    f: (K+1, N, d_out), h: (K+1, N, D) with ``h = h_k(1, x)``; f_eval, h_eval on held-out inputs.
+    loss: (K+1,).
+    error_estimate: an estimate of the max-abs error of ``f`` (all steps, samples, outputs), the
+        sum of ``error_parts`` (quadrature gap or spread, depth interpolation, solver tolerance).
+    H: (K+1, Q, n, D) ``h_k`` at the depth nodes (training inputs first, then held-out ones);
+    B: (K, Q, N, D) ``b_k`` at the depth nodes. Use :meth:`h_at` / :meth:`b_at` for any s.
+    solver: the solver that ran; stats: RHS evaluations, steps, Jacobians, solves, wall time.
+    alpha (None for the lazy limit), eta: the dynamics; rule: the quadrature options that ran
+    (a :class:`~meanode.limit.options.RuleOptions` with every default filled in), or None.
+    config: provenance (every setting, as a plain dict for files and reports); the package
+    itself reads the typed fields.
+    """
+
+    f: np.ndarray
+    h: np.ndarray
+    f_eval: np.ndarray | None
+    h_eval: np.ndarray | None
+    loss: np.ndarray
+    error_estimate: float
+    error_parts: dict
+    method: str
+    solver: SolverChoice
+    stats: ODEStats
+    depth: DepthGrid
+    H: np.ndarray
+    B: np.ndarray
+    alpha: float | None = None
+    eta: float = 0.0
+    rule: Any = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.f.shape[0] - 1
+
+    @property
+    def D(self) -> int:
+        return int(self.h.shape[-1])
+
+    @property
+    def N(self) -> int:
+        return int(self.f.shape[1])
+
+    def __repr__(self) -> str:
+        return (f"LimitResult(method={self.method!r}, steps={self.steps}, N={self.N}, D={self.D}, "
+                f"error_estimate={self.error_estimate:.2e}, solver='{self.solver}')")
+
+    def summary(self) -> str:
+        """A few lines: method, solver, the error estimate and its parts, the work done."""
+        parts = ", ".join(f"{k} {v:.1e}" for k, v in self.error_parts.items())
+        st = self.stats
+        return (f"{self.method}: K={self.steps}, loss {self.loss[0]:.6f} -> {self.loss[-1]:.6f}\n"
+                f"  output error estimate {self.error_estimate:.2e} (max-abs; {parts})\n"
+                f"  solver {self.solver}: {st.nfev} RHS evaluations, {st.nsteps} steps, "
+                f"{st.njev} Jacobians, {st.nsolves} solves, {st.wall_time:.2f} s")
+
+    def h_at(self, s, k: int | None = None) -> np.ndarray:
+        """``h_k(s, x)``: ``(S, n, D)`` for s of shape (S,), or ``(n, D)`` for a scalar;
+        all k (leading axis K+1) when ``k`` is None. ``s`` must lie in [0, 1]."""
+        return self._at(self.H, s, k)
+
+    def b_at(self, s, k: int | None = None) -> np.ndarray:
+        """``b_k(s, x_n)`` on the training inputs, k = 0..K-1; shapes as :meth:`h_at`."""
+        return self._at(self.B, s, k)
+
+    def _at(self, V: np.ndarray, s, k):
+        s_arr = np.asarray(s, dtype=float)
+        if not np.all(np.isfinite(s_arr)) or np.any(s_arr < 0.0) or np.any(s_arr > 1.0):
+            raise ValueError(f"s must lie in [0, 1] (depth), got {s!r}")
+        vals = torch.from_numpy(V if k is None else V[k])
+        if k is None:
+            vals = vals.movedim(0, 1)  # (Q, K, ...)
+        out = self.depth.interp_many(vals, s).numpy()
+        if np.ndim(s) == 0:
+            out = out[0]
+        elif k is None:
+            out = np.moveaxis(out, 1, 0)
+        return out
