@@ -25,7 +25,7 @@ from meanode.julia import bridge, vectors
 from meanode.julia import (JuliaError, JuliaSolverError, JuliaUnavailableError, julia_available,
                            julia_method_label, julia_solver_name, julia_status)
 from meanode.limit import lazy_limit, mean_ode_limit
-from meanode.solvers import SolverChoice, SolverError, resolve_solver
+from meanode.solvers import SolverChoice, SolverError
 
 REPO = Path(__file__).resolve().parents[1]
 JULIA_DIR = REPO / "julia"

@@ -10,7 +10,6 @@ objects (:mod:`meanode.limit.options`) that validate themselves and fill in thei
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -23,7 +22,6 @@ import torch
 from .._checks import check_problem, integer, nonnegative_int, positive_float, resolve_device
 from ..blocks import Block, TwoLayerBlock, check_block
 from ..solvers import ODEStats
-from . import quadrature as q
 from .backends import Backend, RunSpec, choose_backend
 from .depth import DepthGrid
 from .options import RQMC, Lattice, RuleFamily, RuleOptions, Smolyak, as_rule
