@@ -13,8 +13,10 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'meanode[dask]')")
 
+import concurrent.futures as cf  # noqa: E402
+
 from meanode import sweep as sw  # noqa: E402
-from meanode.distributed import DaskExecutor, ThreadLimits, register  # noqa: E402
+from meanode.distributed import DaskExecutor, ThreadLimits  # noqa: E402
 
 # Four cheap points (identity activation, exact closure reference computed once), three seeds each.
 SPEC = sw.SweepSpec.create("dask-tiny", grid={"L": [2, 8], "M": [1, 2]},
@@ -93,9 +95,9 @@ def _tracked(fn, log_dir, crash, *args, **kwargs):
     return result
 
 
-class Tracked(sw.Executor):
-    """Delegates to a DaskExecutor, wrapping every task in :func:`_tracked` and noting what the
-    driver submitted."""
+class Tracked(cf.Executor):
+    """Delegates to a DaskExecutor, wrapping every task (``call_task(fn, *args)``) in :func:`_tracked`
+    and noting what the driver submitted."""
 
     def __init__(self, inner, log_dir, crash=None):
         self.inner, self.log_dir, self.crash = inner, Path(log_dir), crash
@@ -103,12 +105,10 @@ class Tracked(sw.Executor):
         self.workers = inner.workers
         self.submitted = []
 
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, call, fn, *args, **kwargs):
+        assert call is sw.call_task
         self.submitted.append((fn.__name__, args[1].label))
-        return self.inner.submit(_tracked, fn, str(self.log_dir), self.crash, *args, **kwargs)
-
-    def wait(self, futures):
-        return self.inner.wait(futures)
+        return self.inner.submit(sw.call_task, _tracked, fn, str(self.log_dir), self.crash, *args, **kwargs)
 
     def records(self, fn_name="run_point", what="computed"):
         out = {}
@@ -168,25 +168,25 @@ def test_scheduler_address_attaches_to_a_running_cluster(cluster):
         ex = sw.make_executor(name)
         try:
             assert isinstance(ex, DaskExecutor) and ex.cluster is None and ex.workers == 2
-            (oc,) = list(ex.run(sw.point_key, [((SPEC, point), {})]))
-            assert oc.error is None and oc.result == sw.point_key(SPEC, point)
+            result, error = ex.submit(sw.call_task, sw.point_path, SPEC, point, "out").result(timeout=WAIT_S)
+            assert error is None and result == sw.point_path(SPEC, point, "out")
         finally:
             ex.close()
         assert len(cluster.client.scheduler_info()["workers"]) == 2  # detaching left the cluster running
 
 
 def test_task_errors_are_reported_not_retried(cluster):
-    outcomes = sorted(cluster.run(int, [(("7",), {}), (("seven",), {})]), key=lambda o: o.index)
-    assert outcomes[0].result == 7 and outcomes[0].error is None
-    assert outcomes[1].result is None and "ValueError" in outcomes[1].error
+    good, bad = (cluster.submit(sw.call_task, int, x).result(timeout=WAIT_S) for x in ("7", "seven"))
+    assert good == (7, None)
+    assert bad[0] is None and "ValueError" in bad[1]
 
 
 def test_resume_computes_only_missing_points(cluster, serial, tmp_path):
     pts = SPEC.points()
     half = len(pts) // 2
     ref_dir = tmp_path / "references"
-    first = list(cluster.run(sw.run_point, [((SPEC, p, str(tmp_path), str(ref_dir)), {}) for p in pts[:half]]))
-    assert all(o.error is None for o in first)
+    first = [cluster.submit(sw.call_task, sw.run_point, SPEC, p, str(tmp_path), str(ref_dir)) for p in pts[:half]]
+    assert all(f.result(timeout=WAIT_S)[1] is None for f in first)
     before = {p.label: os.stat(sw.point_path(SPEC, p, tmp_path)) for p in pts[:half]}
     # what a worker killed while writing leaves behind: a temporary name, which never counts
     missing = sw.point_path(SPEC, pts[-1], tmp_path)
@@ -259,8 +259,7 @@ def test_point_that_keeps_killing_workers_fails_the_sweep_and_a_rerun_finishes(c
 
 
 def test_scheduler_names():
-    register()
-    for name in ("dask-local", "dask", "tcp", "tls"):
+    for name in ("dask-local", "dask", "tcp", "tls", "local"):
         assert name in sw.EXECUTORS
     with pytest.raises(ValueError, match="worker count"):
         sw.make_executor("dask-local:many")
@@ -269,10 +268,5 @@ def test_scheduler_names():
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         sw.make_executor("tcp:nohost")
     assert ThreadLimits(2).threads == 2
-    saved = sw.EXECUTORS["local"]
-    try:
-        register(local=True)
-        ex = sw.make_executor("local:1")  # one worker: no cluster needed
-        assert isinstance(ex, sw.LocalExecutor) and ex.workers == 1
-    finally:
-        sw.register_executor("local", saved)
+    ex = sw.make_executor("local:1")  # one worker: no cluster needed
+    assert isinstance(ex, sw.LocalExecutor) and ex.workers == 1

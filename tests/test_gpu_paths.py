@@ -67,7 +67,7 @@ def test_cuda_requests_without_cuda_are_clear_errors():
     prob = mn.Problem.default(D=2)
     with pytest.raises(ValueError, match="CUDA is not available"):
         mn.mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, device="cuda")
-    assert sw._device("auto") == "cpu"
+    assert sw.device_name("auto") == "cpu"
 
 
 @pytest.mark.parametrize("solver", ["torch:Tsit5", "DOP853"])
@@ -114,7 +114,7 @@ def test_sweep_point_device_setting(device, tmp_path):
     assert sw.point_key(spec, p) == sw.point_key(cpu, p)
     a = sw.compute_point(cpu, p, None)
     b = sw.compute_point(spec, p, None)
-    tol = 1e-11 if sw._device(device) != "cpu" else 0.0
+    tol = 1e-11 if sw.device_name(device) != "cpu" else 0.0
     for name in ("f", "loss", "h", "unit_movement"):
         np.testing.assert_allclose(b[name].values, a[name].values, rtol=0, atol=tol, err_msg=name)
 

@@ -1,5 +1,6 @@
 """Sweeps (meanode.sweep) and rate fits (meanode.report): validation, resume, merged layout, fits."""
 
+import concurrent.futures as cf
 import json
 import os
 import subprocess
@@ -139,7 +140,7 @@ def test_seed_chunks_give_the_same_numbers(tmp_path, monkeypatch):
     spec = _spec(reference={"method": "none"}, seeds=5)
     p = spec.points()[3]
     whole = S.compute_point(spec, p, None)
-    monkeypatch.setattr(S, "MAX_POINT_BYTES", 2 * S.point_memory_bytes(spec.settings(p), 1))
+    monkeypatch.setattr(S.training, "MAX_POINT_BYTES", 2 * S.point_memory_bytes(spec.settings(p), 1))
     assert S.seed_chunk(spec.settings(p), 5) == 2
     chunked = S.compute_point(spec, p, None)
     for v in ("f", "loss", "unit_movement", "fluct_f", "init_dev"):
@@ -156,13 +157,13 @@ def test_failed_point_then_restart_computes_only_the_missing_one(tmp_path, monke
             raise RuntimeError("simulated crash")
         return real(spec_, point, ref)
 
-    monkeypatch.setattr(S, "compute_point", flaky)
+    monkeypatch.setattr(S.point, "compute_point", flaky)
     with pytest.raises(S.SweepError, match="simulated crash") as e:
         S.run_sweep(spec, tmp_path / "run", executor="serial", progress=False)
     assert "rerun computes only the rest" in str(e.value)
     assert len(list((tmp_path / "run" / "points").glob("*.nc"))) == 3
     assert not (tmp_path / "run" / "merged.nc").exists()
-    monkeypatch.setattr(S, "compute_point", real)
+    monkeypatch.setattr(S.point, "compute_point", real)
     res = S.run_sweep(spec, tmp_path / "run", executor="serial", progress=False)
     assert res.computed == [target] and len(res.skipped) == 3 and res.references_computed == 0
     fresh = S.run_sweep(spec, tmp_path / "fresh", executor="serial", progress=False)
@@ -180,12 +181,12 @@ def test_killed_sweep_process_resumes_without_loss(tmp_path):
         import time, torch
         torch.set_num_threads(1)
         from meanode import sweep as S
-        real = S.compute_point
+        real = S.point.compute_point
         def slow(*a):
             ds = real(*a)
             time.sleep(0.4)
             return ds
-        S.compute_point = slow
+        S.point.compute_point = slow
         import json
         spec = S.SweepSpec.from_dict(json.loads({json.dumps(spec.to_dict())!r}))
         S.run_sweep(spec, {str(out)!r}, executor="serial", progress=False)
@@ -229,10 +230,10 @@ def test_executors_and_registry():
     S.register_executor("echo", lambda arg: S.SerialExecutor())
     try:
         ex = S.make_executor("echo:anything")
-        fut = ex.submit(divmod, 7, 2)
-        done, pending = ex.wait([fut])
+        fut = ex.submit(S.call_task, divmod, 7, 2)
+        done, pending = cf.wait([fut])
         assert fut in done and not pending and fut.result() == ((3, 1), None)
-        res, err = ex.submit(divmod, 1, 0).result()
+        res, err = ex.submit(S.call_task, divmod, 1, 0).result()
         assert res is None and "ZeroDivisionError" in err
     finally:
         S.EXECUTORS.pop("echo")

@@ -1,4 +1,4 @@
-"""Run sweeps on Dask: a :class:`~meanode.sweep.Executor` backed by ``dask.distributed``.
+"""Run sweeps on Dask: :class:`DaskExecutor`, a :class:`concurrent.futures.Executor` over a ``distributed.Client``.
 
 One task is one sweep point (its seeds are batched inside, as :func:`meanode.sweep.run_point`
 does), so a Dask run computes exactly what a local run computes: each point writes its own file
@@ -12,9 +12,11 @@ Schedulers::
     DaskExecutor.connect("tcp://HOST:8786")   # an existing scheduler (e.g. dask-jobqueue on Slurm)
     DaskExecutor.from_cluster(cluster)        # any Dask cluster object (SLURMCluster, ...)
 
-and, once :func:`register` has run (importing this module runs it), the scheduler names
-``"dask-local:N"``, ``"dask"`` / ``"dask:N"`` / ``"dask:tcp://HOST:PORT"`` and plain
-``"tcp://HOST:PORT"`` (``"tls://..."`` too) in :func:`meanode.sweep.make_executor`.
+and the scheduler names ``"local:N"``, ``"dask-local:N"``, ``"dask"`` / ``"dask:N"`` /
+``"dask:tcp://HOST:PORT"`` and plain ``"tcp://HOST:PORT"`` (``"tls://..."`` too) of
+:func:`meanode.sweep.make_executor` build them. A plain ``distributed.Client`` works as well
+(:func:`meanode.sweep.ensure_executor` takes ``client.get_executor()``). ``dask[distributed]`` is a
+dependency of meanode.
 
 Threads: every worker runs one task at a time (``threads_per_worker=1``) and limits torch and
 the BLAS/OpenMP pools to ``threads`` (default 1) through :class:`ThreadLimits`, a worker plugin
@@ -31,46 +33,19 @@ temporary file never counts.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from .sweep import EXECUTORS, Executor, call_task, register_executor
+import distributed
+from distributed.diagnostics.plugin import WorkerPlugin
 
-try:
-    from .sweep import TaskOutcome
-except ImportError:  # sweep.py drives executors with submit/wait only; run() still yields these
-    from dataclasses import dataclass as _dataclass
-
-    @_dataclass
-    class TaskOutcome:
-        index: int
-        result: Any = None
-        error: str | None = None
-
-__all__ = ["THREAD_ENV_VARS", "DaskExecutor", "ThreadLimits", "dask_available", "register"]
+__all__ = ["THREAD_ENV_VARS", "DaskExecutor", "ThreadLimits"]
 
 #: Environment variables that size the thread pools of OpenMP and the BLAS libraries.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS")
-
-def dask_available() -> tuple[bool, str]:
-    """(True, version) when ``dask.distributed`` imports, else (False, why and how to install)."""
-    try:
-        import distributed
-    except ImportError as e:
-        return False, f"dask.distributed is not installed ({e}); pip install 'meanode[dask]'"
-    return True, str(distributed.__version__)
-
-
-def _import_distributed():
-    ok, why = dask_available()
-    if not ok:
-        raise ImportError(why)
-    import distributed
-    return distributed
-
 
 def _thread_env(threads: int) -> dict[str, str]:
     return {k: str(threads) for k in THREAD_ENV_VARS}
@@ -88,13 +63,7 @@ def _limit_threads(threads: int) -> dict:
     return _worker_thread_settings()
 
 
-try:  # the plugin base class, when distributed is installed (the class works without it too)
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
-except ImportError:  # pragma: no cover - distributed absent
-    _WorkerPluginBase = object
-
-
-class ThreadLimits(_WorkerPluginBase):
+class ThreadLimits(WorkerPlugin):
     """Worker plugin: on every worker (present and future, restarted ones included) set
     ``torch.set_num_threads(threads)`` and ``OMP/MKL/OPENBLAS/NUMEXPR/VECLIB`` thread variables,
     so ``n`` workers on ``n`` cores do not oversubscribe them. Also imports the sweep code once,
@@ -110,8 +79,9 @@ class ThreadLimits(_WorkerPluginBase):
         import meanode.sweep  # noqa: F401 - warm the import in the worker
 
 
-class DaskExecutor(Executor):
-    """Runs sweep tasks on a Dask cluster through a :class:`distributed.Client`.
+class DaskExecutor(cf.Executor):
+    """Runs sweep tasks on a Dask cluster through a :class:`distributed.Client` (its futures are
+    ``concurrent.futures`` futures, from ``client.get_executor()``).
 
     Build with :meth:`local` (a LocalCluster that this executor owns and closes),
     :meth:`connect` (an existing scheduler; closing detaches, the cluster keeps running) or
@@ -130,6 +100,7 @@ class DaskExecutor(Executor):
         self._close_client = close_client
         self.description = description or str(getattr(client.scheduler, "address", ""))
         client.register_plugin(ThreadLimits(self.threads), name=ThreadLimits.name)
+        self._executor = client.get_executor(pure=False)
         self.workers = max(1, self.n_workers())
 
     # --- construction -----------------------------------------------------------------------
@@ -150,7 +121,6 @@ class DaskExecutor(Executor):
             points of a smaller sweep are handed out at once, and a worker that dies takes the
             points waiting on it too (rescheduled unless ``allowed_failures`` is exhausted).
         """
-        distributed = _import_distributed()
         n = max(1, int(n_workers if n_workers is not None else (os.cpu_count() or 1)))
         kw: dict[str, Any] = dict(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   protocol="tcp://", scheduler_port=0, dashboard_address=None,
@@ -176,7 +146,6 @@ class DaskExecutor(Executor):
     def connect(cls, address: str, *, threads: int = 1, timeout: float | str = "30s") -> DaskExecutor:
         """Attach to a running scheduler at ``address`` (``"tcp://HOST:PORT"``). Closing the
         executor detaches; the cluster and its workers keep running."""
-        distributed = _import_distributed()
         if not isinstance(address, str) or "://" not in address:
             raise ValueError(f"a Dask scheduler address looks like 'tcp://HOST:PORT', got {address!r}")
         client = distributed.Client(address, timeout=timeout, set_as_default=False)
@@ -186,7 +155,6 @@ class DaskExecutor(Executor):
     def from_cluster(cls, cluster, *, threads: int = 1, close_cluster: bool = False) -> DaskExecutor:
         """Use any Dask cluster object (e.g. ``dask_jobqueue.SLURMCluster``); the cluster is closed
         with the executor only when ``close_cluster``."""
-        distributed = _import_distributed()
         client = distributed.Client(cluster, set_as_default=False)
         return cls(client, cluster=cluster if close_cluster else None, threads=threads, close_client=True,
                    description=f"{type(cluster).__name__}({cluster.scheduler_address})")
@@ -207,54 +175,18 @@ class DaskExecutor(Executor):
         """Worker address -> the torch/BLAS thread settings in force there."""
         return self.client.run(_worker_thread_settings)
 
-    # --- running ---------------------------------------------------------------------------------
-    def submit(self, fn: Callable, *args, **kwargs):
-        """``client.submit(call_task, fn, *args, **kwargs)``: a Dask future whose ``result()`` is
-        ``(result, error_text)``. A task whose worker dies is rescheduled by the scheduler; after
-        ``allowed_failures`` deaths ``result()`` raises :class:`distributed.KilledWorker`."""
-        key = f"meanode-{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
-        return self.client.submit(_call_packed, fn, args, kwargs, key=key, pure=False)
+    # --- concurrent.futures.Executor -------------------------------------------------------------
+    def submit(self, fn: Callable, /, *args, **kwargs) -> cf.Future:
+        """A ``concurrent.futures.Future`` of ``fn(*args, **kwargs)`` on the cluster. A task whose worker
+        dies is rescheduled by the scheduler; after ``allowed_failures`` deaths its future raises
+        :class:`distributed.KilledWorker`. The task's keyword arguments travel packed, so none can
+        collide with ``client.submit``'s."""
+        return self._executor.submit(_call_packed, fn, args, kwargs)
 
-    def wait(self, futures):
-        """Block until at least one of ``futures`` is done (finished, erred or cancelled);
-        returns ``(done, not_done)`` as sets."""
-        distributed = _import_distributed()
-        futures = list(futures)
-        if not futures:
-            return set(), set()
-        try:
-            with self.client.as_current():  # distributed.wait uses the current client
-                res = distributed.wait(futures, return_when="FIRST_COMPLETED")
-            return set(res.done), set(res.not_done)
-        except Exception as e:  # FuturesCancelledError: hand the cancelled ones back as done
-            if "Cancelled" not in type(e).__name__:
-                raise
-            done = {f for f in futures if f.status != "pending"}
-            return done, set(futures) - done
-
-    def run(self, fn: Callable, tasks: Sequence[tuple[tuple, dict]]) -> Iterator[TaskOutcome]:
-        """Submit every ``(args, kwargs)`` task and yield :class:`~meanode.sweep.TaskOutcome`
-        as they complete (any order); a task lost for good (``KilledWorker``, cancelled, result
-        unreachable) comes back with ``error`` set. Unfinished tasks are cancelled if the
-        iteration stops early."""
-        futs = {self.submit(fn, *args, **kwargs): i for i, (args, kwargs) in enumerate(tasks)}
-        pending = set(futs)
-        try:
-            while pending:
-                done, pending = self.wait(pending)
-                for fut in sorted(done, key=futs.__getitem__):
-                    try:
-                        res, err = fut.result()
-                    except Exception as e:  # KilledWorker, CancelledError, lost connection: report, keep going
-                        res, err = None, f"{type(e).__name__}: {e}"
-                    yield TaskOutcome(futs[fut], res, err)
-                    fut.release()
-        finally:
-            if pending and self.client is not None:
-                try:
-                    self.client.cancel(list(pending))
-                except Exception:  # pragma: no cover - the client may already be gone
-                    pass
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self.client is not None and cancel_futures:
+            self._executor.shutdown(wait=False)
+        self.close()
 
     def close(self) -> None:
         client, cluster = self.client, self.cluster
@@ -267,78 +199,22 @@ class DaskExecutor(Executor):
         if cluster is not None:
             cluster.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def __repr__(self):
         return f"DaskExecutor({self.description}, workers={self.workers}, threads={self.threads})"
 
 
 def _call_packed(fn: Callable, args: tuple, kwargs: dict):
-    # the task's own keyword arguments travel packed, so none can collide with client.submit's
-    return call_task(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def _worker_thread_settings() -> dict:
     import torch
     return dict(torch_threads=torch.get_num_threads(), pid=os.getpid(),
                 **{k: os.environ.get(k) for k in THREAD_ENV_VARS})
-
-
-# --- scheduler names ------------------------------------------------------------------------------
-
-def _count(arg: str | None, what: str) -> int | None:
-    if arg in (None, ""):
-        return None
-    try:
-        n = int(arg)
-    except ValueError:
-        raise ValueError(f"{what} takes a worker count, as in '{what}:4', got {arg!r}") from None
-    if n < 1:
-        raise ValueError(f"{what}: the worker count must be >= 1, got {n}")
-    return n
-
-
-def _dask_local_factory(arg: str | None) -> DaskExecutor:
-    return DaskExecutor.local(_count(arg, "dask-local"))
-
-
-def _dask_factory(arg: str | None) -> DaskExecutor:
-    """``dask`` / ``dask:N`` (a LocalCluster) or ``dask:tcp://HOST:PORT`` (connect)."""
-    if arg and "://" in arg:
-        return DaskExecutor.connect(arg)
-    return DaskExecutor.local(_count(arg, "dask"))
-
-
-def _address_factory(protocol: str) -> Callable[[str | None], DaskExecutor]:
-    # make_executor splits "tcp://HOST:PORT" at its first ':' into name "tcp" and arg "//HOST:PORT"
-    def factory(arg: str | None) -> DaskExecutor:
-        if not arg or not arg.startswith("//"):
-            raise ValueError(f"a Dask scheduler address looks like '{protocol}://HOST:PORT', got {protocol}:{arg or ''}")
-        return DaskExecutor.connect(f"{protocol}:{arg}")
-    factory.__name__ = f"_{protocol}_factory"
-    return factory
-
-
-def _local_dask_or_pool(arg: str | None) -> Executor:
-    """``local:N``: a Dask LocalCluster of N workers when N > 1 and Dask is installed, else the
-    in-process / process-pool :class:`~meanode.sweep.LocalExecutor`."""
-    from .sweep import LocalExecutor
-    n = _count(arg, "local")
-    n = n if n is not None else (os.cpu_count() or 1)
-    if n > 1 and dask_available()[0]:
-        return DaskExecutor.local(n)
-    return LocalExecutor(n)
-
-
-def register(local: bool = False) -> None:
-    """Register the Dask scheduler names with :func:`meanode.sweep.register_executor`:
-    ``dask-local[:N]``, ``dask[:N]``, ``dask:tcp://...``, ``tcp://HOST:PORT``, ``tls://HOST:PORT``.
-    ``local=True`` also makes ``local:N`` (N > 1) a Dask LocalCluster. Idempotent."""
-    register_executor("dask-local", _dask_local_factory)
-    register_executor("dask", _dask_factory)
-    for proto in ("tcp", "tls"):
-        register_executor(proto, _address_factory(proto))
-    if local:
-        register_executor("local", _local_dask_or_pool)
-
-
-if "dask-local" not in EXECUTORS:
-    register()

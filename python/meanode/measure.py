@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["Fit", "loglog_slope", "rms", "init_deviation", "error_split", "ErrorSplit", "fit_rate_model"]
+__all__ = ["Fit", "loglog_slope", "rms", "init_deviation", "error_split", "fluctuation", "ErrorSplit", "fit_rate_model"]
 
 
 def rms(x: np.ndarray, axis=None) -> np.ndarray:
@@ -67,23 +67,46 @@ def init_deviation(h: np.ndarray, h0: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ErrorSplit:
-    """Error of an ensemble against a limit, split as in SPEC §7.
+    """Error of an ensemble against a limit, split as in SPEC §7 (floats, or arrays over kept axes).
 
     total: RMS over seeds, samples, coordinates of ``x - x_inf``.
     euler: RMS of the seed mean of ``x - x_inf`` (the deterministic 1/L part).
-    fluctuation: RMS over samples/coordinates of the seed standard deviation (ddof=1).
+    fluctuation: RMS over samples/coordinates of the seed standard deviation (ddof=1); NaN for one seed.
+    per_seed: RMS over samples/coordinates of ``x - x_inf`` for each seed (seed axis first).
     """
 
-    total: float
-    euler: float
-    fluctuation: float
+    total: float | np.ndarray
+    euler: float | np.ndarray
+    fluctuation: float | np.ndarray
+    per_seed: np.ndarray | None = None
 
 
-def error_split(x: np.ndarray, x_inf: np.ndarray) -> ErrorSplit:
-    """``x (E, ...)`` ensemble values, ``x_inf (...)`` the limit at the same step."""
-    d = np.asarray(x) - np.asarray(x_inf)[None]
-    fl = float(rms(d.std(axis=0, ddof=1))) if d.shape[0] > 1 else float("nan")
-    return ErrorSplit(float(rms(d)), float(rms(d.mean(axis=0))), fl)
+def fluctuation(x: np.ndarray, keep: int = 0) -> np.ndarray | float:
+    """Seed standard deviation (ddof=1), RMS over the axes after the first ``keep`` (after the seed
+    axis): ``x (E, *kept, ...)`` -> ``kept`` shape; NaN with one seed. Needs no reference."""
+    x = np.asarray(x)
+    rest = tuple(range(keep, x.ndim - 1))
+    if x.shape[0] < 2:
+        return np.full(x.shape[1:1 + keep], np.nan) if keep else float("nan")
+    out = np.sqrt(np.mean(x.var(axis=0, ddof=1), axis=rest))
+    return out if keep else float(out)
+
+
+def error_split(x: np.ndarray, x_inf: np.ndarray, keep: int = 0) -> ErrorSplit:
+    """SPEC §7's split of ``x (E, *kept, ...)`` (an ensemble, seed axis first) against the limit
+    ``x_inf (*kept, ...)``; the first ``keep`` axes after the seed axis (e.g. the step) are kept,
+    the others (samples, coordinates) averaged. The one implementation of the split: sweep points,
+    merges and reports call it."""
+    x = np.asarray(x)
+    d = x - np.asarray(x_inf)[None]
+    rest = tuple(range(1 + keep, d.ndim))
+    per_seed = rms(d, axis=rest)
+    total = rms(d, axis=(0,) + rest)
+    euler = rms(d.mean(axis=0), axis=tuple(a - 1 for a in rest))
+    fl = fluctuation(x, keep)
+    if not keep:
+        total, euler = float(total), float(euler)
+    return ErrorSplit(total, euler, fl, per_seed)
 
 
 def fit_rate_model(L, M, D, err) -> tuple[float, float]:

@@ -6,10 +6,10 @@ depth grid (:mod:`.depth`); the quadrature options are objects (:mod:`.options`)
 rules of :mod:`.quadrature`; :mod:`.backends` runs the loop in Python or Julia.
 """
 
-from .api import METHODS, lazy_limit, mean_ode_limit
+from .api import METHODS, lazy_limit, mean_ode_limit, resolve_method
 from .depth import DepthGrid
 from .options import RQMC, RULES, GaussHermite, Lattice, RuleFamily, RuleOptions, Smolyak
 from .result import LimitResult
 
-__all__ = ["mean_ode_limit", "lazy_limit", "LimitResult", "DepthGrid", "METHODS", "RULES", "RuleOptions", "Lattice",
+__all__ = ["mean_ode_limit", "lazy_limit", "resolve_method", "LimitResult", "DepthGrid", "METHODS", "RULES", "RuleOptions", "Lattice",
            "GaussHermite", "Smolyak", "RQMC", "RuleFamily"]

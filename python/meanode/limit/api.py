@@ -27,7 +27,7 @@ from .depth import DepthGrid
 from .options import RQMC, Lattice, RuleFamily, RuleOptions, Smolyak, as_rule
 from .result import LimitResult, Run
 
-__all__ = ["mean_ode_limit", "lazy_limit", "METHODS"]
+__all__ = ["mean_ode_limit", "lazy_limit", "resolve_method", "METHODS"]
 
 METHODS = ("auto", "closure", "quadrature", "lazy")
 #: depth_nodes="auto": start here and double (2Q - 1, nested Chebyshev-Lobatto nodes) while the
@@ -190,6 +190,16 @@ def _quadrature(inp: _Inputs, backend: Backend, choice, rule: RuleOptions, fold:
     return _refine_depth(solve, inp.depth_nodes)
 
 
+def resolve_method(method: str, block: Block) -> str:
+    """``method`` checked; ``"auto"`` becomes ``"closure"`` where it is exact (``block.closure_exact``),
+    else ``"quadrature"``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method == "auto":
+        return "closure" if block.closure_exact else "quadrature"
+    return method
+
+
 def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, activation: str = "tanh",
                    block: Block | None = None, method: str = "auto", rule: str | RuleOptions | Callable = "auto",
                    fold: bool | None = None, solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
@@ -230,10 +240,7 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=alpha, eta=eta, steps=steps, rtol=rtol, atol=atol,
                         device=device, depth_nodes=depth_nodes, block=block, activation=activation)
     block = inp.block
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if method == "auto":
-        method = "closure" if block.closure_exact else "quadrature"
+    method = resolve_method(method, block)
     if method != "quadrature" and (rule != "auto" or rule_options or fold is not None):
         given = sorted(set(rule_options) | ({"rule"} if rule != "auto" else set()) | ({"fold"} if fold is not None else set()))
         raise TypeError(f"method={method!r} takes no quadrature options, got {given}")

@@ -1,0 +1,150 @@
+"""References of a sweep: what determines one, computing it once, and reading it back.
+
+A reference is a limit (:func:`meanode.limit.mean_ode_limit`, :func:`meanode.limit.lazy_limit`) or
+the seed mean of a large finite network (SPEC §6, ``method: network``), cached on disk under a key
+of everything that determines it, so sweeps sharing a reference directory compute it once.
+
+A limit whose solve diverges or fails (a :class:`~meanode.solvers.SolverError`: an exploding
+trajectory, a work cap) is recorded as such: the reference file then holds no arrays, only its
+``status`` and the reason, and every point that needs it is measured without a reference (its
+errors NaN, ``ref_status`` saying why), never against numbers that are not a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .spec import Point, ReferenceSpec, SweepSpec, alpha_eff
+from .store import POINT_ENGINE, atomic_write, read_checked, reference_path
+from .training import device_name, problem, train
+
+__all__ = ["reference_identity", "reference_file", "run_reference", "load_reference", "REFERENCE_FORMAT",
+           "ERROR_NORMS"]
+
+REFERENCE_FORMAT = "meanode-reference/2"
+#: the norm each reference method states its own error figure in
+ERROR_NORMS = {"network": "rms (standard error of the seed mean over steps, samples, outputs)",
+               "quadrature": "max-abs (over steps, samples, outputs)", "closure": "max-abs (over steps, samples, outputs)",
+               "lazy": "max-abs (over steps, samples, outputs)"}
+
+
+def _method(ref: ReferenceSpec, activation: str, D: int) -> str:
+    if ref.method in ("network", "none"):
+        return ref.method
+    from ..blocks import TwoLayerBlock
+    from ..limit import resolve_method
+    return resolve_method(ref.method, TwoLayerBlock(D, activation))
+
+
+def reference_identity(spec: SweepSpec, point: Point) -> dict | None:
+    """What determines a point's reference (None for method ``none``)."""
+    s = spec.settings(point)
+    ref = spec.reference
+    method = _method(ref, s["activation"], s["D"])
+    if method == "none":
+        return None
+    ident = dict(method=method, N=s["N"], N_eval=s["N_eval"], d_in=s["d_in"], d_out=s["d_out"],
+                 data_seed=s["data_seed"], embed_seed=s["embed_seed"], D_max=s["D_max"], eta=s["eta"], K=s["K"],
+                 activation=s["activation"], depth_nodes=ref.depth_nodes, rtol=ref.rtol, atol=ref.atol)
+    if method == "network":
+        ident.update(D=ref.D if ref.D is not None else s["D_max"], L=ref.L, M=ref.M, seeds=list(ref.seeds),
+                     alpha=s["alpha_eff"] if s.get("gamma") is None else None, gamma=s.get("gamma"),
+                     alpha0=s["alpha"], divergence_threshold=s["divergence_threshold"], dtype=s["dtype"])
+        for k in ("depth_nodes", "rtol", "atol"):
+            ident.pop(k)
+    else:
+        ident["D"] = s["D"]
+        if method != "lazy":
+            ident["alpha"] = s["alpha_eff"]
+        if method == "quadrature":
+            ident.update(level=ref.level, coarse=ref.coarse, rule=ref.rule)
+    return ident
+
+
+def reference_file(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
+    """Where the reference of ``point`` is cached (None: method ``none``)."""
+    return reference_path(reference_identity(spec, point), ref_dir)
+
+
+def _network(spec: SweepSpec, s: dict, ident: dict):
+    ref = spec.reference
+    Dr = ident["D"]
+    rs = dict(s, D=Dr, L=ref.L, M=ref.M)
+    rs["alpha_eff"] = alpha_eff(s["alpha"], Dr, s.get("gamma"))
+    res = train(problem(rs), rs, tuple(ref.seeds), ref.L, ref.M, rs["alpha_eff"])
+    if res.diverged.any():
+        raise RuntimeError(f"the reference network (L={ref.L}, M={ref.M}, D={Dr}) diverged for seeds "
+                           f"{np.asarray(ref.seeds)[res.diverged].tolist()}: choose a smaller eta")
+    E = len(ref.seeds)
+    # statistical error of the seed mean: the standard error, RMS over samples and outputs,
+    # largest over the steps (the Euler bias of the reference's own L is not included)
+    err = float(np.max(np.sqrt(np.mean(res.f.var(axis=0, ddof=1), axis=(1, 2)) / E))) if E > 1 else float("nan")
+    mean = lambda x: None if x is None else x.mean(0)  # noqa: E731
+    arrays = dict(f=mean(res.f), h=mean(res.h), f_eval=mean(res.f_eval), h_eval=mean(res.h_eval))
+    return arrays, err, {"seed_mean_standard_error": err}, f"network(L={ref.L}, M={ref.M}, D={Dr}, {E} seeds)"
+
+
+def _limit(spec: SweepSpec, s: dict, method: str):
+    from ..limit import lazy_limit, mean_ode_limit
+    ref = spec.reference
+    prob = problem(s)
+    common = dict(activation=s["activation"], rtol=ref.rtol, atol=ref.atol, depth_nodes=ref.depth_nodes,
+                  device=device_name(s["device"]) if method == "quadrature" else "cpu")
+    if method == "lazy":
+        lim = lazy_limit(**prob.arrays(), eta=s["eta"], steps=s["K"], **common)
+    else:
+        opts = {k: getattr(ref, k) for k in ("level", "coarse", "rule") if getattr(ref, k) is not None}
+        lim = mean_ode_limit(**prob.arrays(), alpha=s["alpha_eff"], eta=s["eta"], steps=s["K"], method=method,
+                             **common, **opts)
+    arrays = dict(f=lim.f, h=lim.h, f_eval=lim.f_eval, h_eval=lim.h_eval)
+    return arrays, float(lim.error_estimate), {k: float(v) for k, v in lim.error_parts.items()}, lim.method
+
+
+def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
+    """Compute the reference of ``point`` unless a valid file is cached; returns its path (None:
+    method none). A damaged cached file is left for the caller to quarantine (the driver does)."""
+    import xarray as xr
+
+    from ..solvers import SolverError
+
+    ident = reference_identity(spec, point)
+    path = reference_path(ident, ref_dir)
+    if path is None or path.exists():
+        return path
+    s = spec.settings(point)
+    method = ident["method"]
+    t0 = time.perf_counter()
+    status, reason = "ok", ""
+    try:
+        arrays, err, parts, label = _network(spec, s, ident) if method == "network" else _limit(spec, s, method)
+    except SolverError as e:  # an exploding trajectory or a work cap: recorded, never a number
+        status, reason = ("diverged" if getattr(e, "status", None) == "diverged" else "failed"), str(e)
+        arrays, err, parts, label = {}, float("nan"), {}, method
+    data = {}
+    if status == "ok":
+        data = {"f": (("step", "sample", "out"), arrays["f"]), "h": (("step", "sample", "coord"), arrays["h"])}
+        if arrays["f_eval"] is not None:
+            data["f_eval"] = (("step", "sample_eval", "out"), arrays["f_eval"])
+            data["h_eval"] = (("step", "sample_eval", "coord"), arrays["h_eval"])
+    ds = xr.Dataset(data, attrs=dict(format=REFERENCE_FORMAT, method=label, status=status, reason=reason,
+                                     error_estimate=err, error_norm=ERROR_NORMS[method],
+                                     error_parts=json.dumps(parts), identity=json.dumps(ident, default=str),
+                                     wall_time=time.perf_counter() - t0))
+    atomic_write(ds, path)
+    return path
+
+
+def load_reference(path: Path) -> dict:
+    """A reference file's arrays and attributes (checksum verified: raises
+    :class:`~meanode.sweep.store.DamagedFile`)."""
+    ds = read_checked(path, POINT_ENGINE["engine"])
+    out = {k: ds[k].values for k in ds.data_vars}
+    out.update(error_estimate=float(ds.attrs["error_estimate"]), method=str(ds.attrs["method"]),
+               error_parts=json.loads(ds.attrs["error_parts"]), wall_time=float(ds.attrs["wall_time"]),
+               status=str(ds.attrs.get("status", "ok")), reason=str(ds.attrs.get("reason", "")),
+               error_norm=str(ds.attrs.get("error_norm", "")), path=path.name)
+    return out
