@@ -9,7 +9,7 @@ import sys
 
 import torch
 from meanode import plots
-from meanode import report as R
+from meanode import analysis as R
 from meanode.sweep import SweepSpec, run_sweeps
 
 if __name__ == "__main__":

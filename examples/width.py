@@ -8,7 +8,7 @@ import sys
 
 import torch
 from meanode import plots
-from meanode import report as R
+from meanode import analysis as R
 from meanode.sweep import SweepSpec, run_sweep
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 from meanode import plots
-from meanode import report as R
+from meanode import analysis as R
 from meanode import reproduce as rp
 from meanode.sweep import load_sweep
 

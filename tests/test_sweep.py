@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from meanode import report as R
+from meanode import analysis as R
 from meanode import sweep as S
 
 TINY = dict(D=2, K=2, N=6, N_eval=2)

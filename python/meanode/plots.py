@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from . import report as R
+from . import analysis as R
+from .report import fmt_predicted
 
 __all__ = ["STYLE", "error_vs_L", "hidden_width", "euler_fluctuation", "sqrt_D", "residual_scale", "lazy",
            "limit_check", "phase_diagram", "shapes_MD", "shapes_P"]
@@ -57,7 +58,7 @@ def _save(fig, out_dir, name) -> list[str]:
 
 
 def _frac(p: float) -> str:
-    return R._pred(p)
+    return fmt_predicted(p)
 
 
 def _guide(ax, x, y, slope, label=None, color="k", factor=0.55, lw=1.2, ls="--"):

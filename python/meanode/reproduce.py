@@ -17,25 +17,7 @@ Output layout (``--out DIR``)::
 ``meanode sweep FILE.yaml [--out DIR] [--scheduler local:N]`` runs one sweep described in YAML
 (see :mod:`meanode.sweep`) and writes ``DIR/merged.nc``; a rerun computes only missing points.
 
-The measurement plan and why its settings were chosen:
-
-* ``width`` (L x M grid, tanh, D = 2, alpha = 1, eta = 0.2, K = 3; lattice quadrature reference, level 9):
-  error vs L for several M, the hidden-width figure (fixed L M, splits down to M = 1), the
-  fluctuation part vs L M and the rate model ``a/L + b sqrt(D/(LM))``.
-* ``limitcheck`` (L = M): per-step errors vs L M (a muP-style coordinate check).
-* ``euler``: the Euler part is ~ 0.05/L here, so it is resolved where it dominates the seed noise
-  of the mean, ``fluct / sqrt(E) ~ 0.3/sqrt(L M E)``: small L (2..32), a wide layer (M = 256,
-  making the fluctuation small) and many seeds (64); the reference floor (~5e-4) bounds L <= 32.
-* ``dsweep_identity`` / ``dsweep_tanh`` (L = M = 64, D = 8..128): the sqrt(D) law. A tanh limit
-  for D >= 8 is out of reach of quadrature (a 2D >= 16-dimensional integral; lattice rules reach
-  D = 4 at ~2e-4 in minutes, docs/limit_quadrature.md), so the total error is
-  measured with the identity activation, whose limit is exact (moment closure, SPEC §4.1), and
-  the tanh fluctuation part (seed std) needs no reference. D < 8 is left out: with N = 10 inputs
-  in d_in = 5 dimensions, the first coordinates of the coupled embedding are not yet typical.
-* ``residual``: residual scale D^gamma/(L M) for gamma = 0, 1/2, 1 (see :mod:`meanode.sweep`).
-* ``lazy`` (reference: the lazy ODE) and ``lazy_gap`` (reference: the alpha-Mean-ODE at each alpha).
-* ``phase`` ((a, b) grid, L = M = 8..64, D = 2, K = 4, eta = 0.5 as in SPEC §5's probe).
-* ``md`` and ``psweep``: the shapes of SPEC §6 with the largest network as reference (tiny here).
+The measurement plan (sweeps and fits) is :mod:`meanode.presets`.
 """
 
 from __future__ import annotations
@@ -48,174 +30,16 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import analysis as A
 from . import report as R
+from .presets import PRESETS, Preset, preset
 from .sweep import SweepSpec, plan_summary, run_sweeps
 
-__all__ = ["Preset", "preset", "PRESETS", "reproduce", "add_parsers", "run_reproduce", "run_sweep_command", "dry_run"]
-
-PRESETS = ("quick", "full", "tiny")
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    sweeps: tuple[tuple[str, SweepSpec], ...]
-    fits: tuple[R.FitSpec, ...]
-    notes: tuple[str, ...] = ()
-    workers: int = 2
-
-    def sweep(self, role: str) -> SweepSpec | None:
-        return dict(self.sweeps).get(role)
-
-
-def _pow2(lo: int, hi: int) -> list[int]:
-    return [2 ** k for k in range(lo, hi + 1)]
-
-
-def _logspace_int(lo: float, hi: float, n: int) -> list[int]:
-    return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
-
-
-def _fits(roles: set[str]) -> tuple[R.FitSpec, ...]:
-    F = R.FitSpec
-    fits = [
-        F("lm_fluct", "output fluctuation part (seed std) vs L*M", "width", "fluct_f", "LM", -0.5, floor=False),
-        F("lm_m1", "output error vs L*M, M = 1 (depth as hidden width)", "width", "total_f", "LM", -0.5,
-          where=(("M", 1),)),
-        F("lm_diag_f", "output error vs L*M, L = M", "limitcheck", "total_f", "LM", -0.5),
-        F("lm_diag_h", "hidden error vs L*M, L = M", "limitcheck", "total_h", "LM", -0.5),
-        F("lm_diag_eval", "held-out output error vs L*M, L = M", "limitcheck", "total_f_eval", "LM", -0.5),
-        F("init_dev", "init deviation |h^L - h^0| vs L*M (exact limit)", "width", "init_dev", "LM", -0.5, floor=False),
-        F("euler_f", "Euler part (seed mean), output, vs L", "euler", "euler_f", "L", -1.0, noise_factor=2.0,
-          note="fitted where the seed mean is 2x above its seed noise std/sqrt(E) and 2x above the reference error"),
-        F("euler_h", "Euler part (seed mean), hidden, vs L", "euler", "euler_h", "L", -1.0, noise_factor=2.0),
-        F("fluct_L", "output fluctuation part vs L at fixed M", "euler", "fluct_f", "L", -0.5, floor=False),
-        F("d_identity", "hidden error vs D at fixed L*M (identity, exact reference)", "dsweep_identity", "total_h", "D", 0.5),
-        F("d_tanh", "hidden fluctuation part vs D at fixed L*M (tanh)", "dsweep_tanh", "fluct_h", "D", 0.5, floor=False),
-        F("alpha_gap", "error vs own alpha-Mean-ODE vs alpha (L = M fixed)", "lazy_gap", "total_f", "alpha", 1.0),
-        F("lazy_far", "distance to the lazy ODE vs alpha, smallest L*M, 3 largest alpha", "lazy", "total_f", "alpha", 1.0,
-          note="at large alpha the alpha sqrt(D/(LM)) fluctuation dominates the distance to the lazy ODE"),
-        F("md_M", "hidden error vs M at the largest D, L*M >= D (L fixed)", "md", "total_h", "M", -0.5,
-          note="at the reference's D the error is the sqrt(D/(LM)) fluctuation; at small D the O(1/sqrt(D)) gap "
-          "between the D-limit and the large-D reference dominates and does not fall with M (SPEC §6)"),
-        F("p_h", "hidden error vs P = L M D, optimal shapes", "psweep", "total_h", "P", -1 / 6,
-          note="small sizes: the 1/L and 1/sqrt(D) terms are far from asymptotic; indicative only"),
-        F("p_f", "output error vs P = L M D, optimal shapes", "psweep", "total_f", "P", -0.2),
-    ]
-    return tuple(f for f in fits if f.sweep in roles)
-
-
-def S(name: str, *, grid=None, zip=None, fixed=None, **kw) -> SweepSpec:
-    """:meth:`SweepSpec.create` with the swept parameters dropped from ``fixed`` (shared base settings)."""
-    swept = set(grid or {})
-    if isinstance(zip, dict):
-        swept |= set(zip)
-    elif zip:
-        swept |= set().union(*(set(r) for r in zip))
-    fixed = {k: v for k, v in (fixed or {}).items() if k not in swept}
-    return SweepSpec.create(name, grid=grid, zip=zip, fixed=fixed, **kw)
-
-
-def preset(name: str) -> Preset:
-    """The measurement plan at ``quick``, ``full`` or ``tiny`` sizes."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    base = dict(D=2, K=3, alpha=1.0, eta=0.2, activation="tanh", N=10, N_eval=10)
-    # lattice rule: ~1e-6 at K <= 5 for D = 2 where tensor Gauss-Hermite level 16 gives ~1e-3 (and
-    # underestimates it); see benchmarks/bench_limit_accuracy.py
-    ref16 = dict(method="quadrature", rule="lattice", level=9)
-    if name == "full":
-        K = 15
-        ref16 = dict(method="quadrature", rule="lattice", level=11)
-        base = dict(base, K=K, device="auto")
-        vals = _logspace_int(1, 2000, 20)
-        p_j = [1.0 + 0.5 * i for i in range(7)]  # P = 2^(6j): D = 2^(2j), M = 2^(3j), L = 2^j
-        shapes = [(max(1, round(2 ** j)), round(2 ** (3 * j)), round(2 ** (2 * j))) for j in p_j]
-        ref_shape = (round(2 ** 4.5), round(2 ** 13.5), round(2 ** 9))
-        sweeps = [
-            ("width", S("width", grid=dict(L=_pow2(1, 12), M=[1, 4, 16, 64, 256]), fixed=base, seeds=32, reference=ref16)),
-            ("limitcheck", S("limitcheck", zip=dict(L=_pow2(2, 10), M=_pow2(2, 10)), fixed=base, seeds=16, reference=ref16)),
-            ("euler", S("euler", grid=dict(L=_pow2(1, 7)), fixed=dict(base, M=4096), seeds=256, reference=ref16)),
-            ("dsweep_identity", S("dsweep_identity", grid=dict(D=_pow2(3, 10)), fixed=dict(base, L=256, M=256,
-                                  activation="identity", D_max=1024), seeds=16, reference=dict(method="closure"), measure=dict(store_h=True))),
-            ("dsweep_tanh", S("dsweep_tanh", grid=dict(D=_pow2(3, 10)), fixed=dict(base, L=256, M=256, D_max=1024),
-                              seeds=16, reference=dict(method="none"), measure=dict(store_h=True))),
-            ("residual", S("residual", grid=dict(D=_pow2(3, 9), gamma=[0.0, 0.5, 1.0]), fixed=dict(base, L=256, M=256, K=5),
-                           seeds=8, reference=dict(method="none"), measure=dict(preactivation=True))),
-            ("lazy", S("lazy", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8, 16, 32]), zip=dict(L=[16, 64, 256, 1024], M=[16, 64, 256, 1024]),
-                       fixed=dict(base, K=5), seeds=16, reference=dict(method="lazy"))),
-            ("lazy_gap", S("lazy_gap", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8, 16]), fixed=dict(base, K=5, L=256, M=256),
-                           seeds=16, reference=dict(method="quadrature", rule="lattice", level=12))),
-            ("phase", S("phase", grid=dict(a=[0.25, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25], b=[-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
-                        zip=dict(L=_pow2(3, 8), M=_pow2(3, 8)), fixed=dict(base, K=4, eta=0.5), seeds=8,
-                        reference=dict(method="none"), measure=dict(linearisation=True))),
-            ("md", S("md", grid=dict(M=vals, D=vals), fixed=dict(base, L=50, N_eval=0, D_max=2000), seeds=5,
-                     reference=dict(method="network", L=50, M=2000, D=2000, seeds=5), measure=dict(store_h=False))),
-            ("psweep", S("psweep", zip=[dict(L=l, M=m, D=d) for l, m, d in shapes], fixed=dict(base, N_eval=0, D_max=ref_shape[2]),
-                         seeds=5, reference=dict(method="network", L=ref_shape[0], M=ref_shape[1], D=ref_shape[2], seeds=2),
-                         measure=dict(store_h=False))),
-        ]
-        notes = ("full preset: published sizes of SPEC §6 (md: L = 50, M and D on 20 log-spaced values in [1, 2000], "
-                 "5 seeds, K = 15, the largest network as reference); meant for a GPU or a cluster.",)
-        return Preset("full", tuple(sweeps), _fits({r for r, _ in sweeps}), notes, workers=1)
-    if name == "quick":
-        sweeps = [
-            ("width", S("width", grid=dict(L=_pow2(2, 10), M=[1, 4, 16, 64]), fixed=base, seeds=32, reference=ref16,
-                        description="error vs L for several M; hidden width")),
-            ("limitcheck", S("limitcheck", zip=dict(L=_pow2(2, 8), M=_pow2(2, 8)), fixed=base, seeds=16, reference=ref16)),
-            ("euler", S("euler", grid=dict(L=_pow2(1, 5)), fixed=dict(base, M=256), seeds=64, reference=ref16)),
-            ("dsweep_identity", S("dsweep_identity", grid=dict(D=_pow2(3, 7)), fixed=dict(base, L=64, M=64,
-                                  activation="identity", D_max=128), seeds=32, reference=dict(method="closure"), measure=dict(store_h=True))),
-            ("dsweep_tanh", S("dsweep_tanh", grid=dict(D=_pow2(3, 7)), fixed=dict(base, L=64, M=64, D_max=128), seeds=32,
-                              reference=dict(method="none"), measure=dict(store_h=True))),
-            ("residual", S("residual", grid=dict(D=_pow2(3, 6), gamma=[0.0, 0.5, 1.0]), fixed=dict(base, L=64, M=64),
-                           seeds=8, reference=dict(method="none"), measure=dict(preactivation=True))),
-            ("lazy", S("lazy", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8, 16]), zip=dict(L=[16, 64, 256], M=[16, 64, 256]),
-                       fixed=base, seeds=16, reference=dict(method="lazy"))),
-            ("lazy_gap", S("lazy_gap", grid=dict(alpha=[0.25, 0.5, 1, 2, 4, 8]), fixed=dict(base, L=64, M=64), seeds=16,
-                           reference=ref16)),
-            ("phase", S("phase", grid=dict(a=[0.25, 0.5, 0.75, 1.0, 1.25], b=[-0.5, 0.0, 0.5, 1.0, 1.5]),
-                        zip=dict(L=_pow2(3, 6), M=_pow2(3, 6)), fixed=dict(base, K=4, eta=0.5, N_eval=0), seeds=8,
-                        reference=dict(method="none"), measure=dict(linearisation=True))),
-            ("md", S("md", grid=dict(M=[1, 4, 16, 64], D=[2, 8, 32]), fixed=dict(base, L=8, N_eval=0, D_max=32), seeds=4,
-                     reference=dict(method="network", L=8, M=1024, D=32, seeds=4))),
-            ("psweep", S("psweep", zip=[dict(L=2, M=8, D=4), dict(L=3, M=23, D=8), dict(L=4, M=64, D=16), dict(L=6, M=181, D=32)],
-                         fixed=dict(base, N_eval=0, D_max=64), seeds=4,
-                         reference=dict(method="network", L=8, M=512, D=64, seeds=4))),
-        ]
-        return Preset("quick", tuple(sweeps), _fits({r for r, _ in sweeps}), (), workers=2)
-    # tiny: the same plan at toy sizes (seconds), for tests and examples
-    base = dict(base, K=2, N_eval=3)
-    ref8 = dict(method="quadrature", rule="gauss_hermite", level=8)
-    sweeps = [
-        ("width", S("width", grid=dict(L=[4, 16, 64], M=[1, 4]), fixed=base, seeds=4, reference=ref8)),
-        ("limitcheck", S("limitcheck", zip=dict(L=[4, 8, 16], M=[4, 8, 16]), fixed=base, seeds=4, reference=ref8)),
-        ("euler", S("euler", grid=dict(L=[2, 4, 8]), fixed=dict(base, M=16), seeds=4, reference=ref8)),
-        ("dsweep_identity", S("dsweep_identity", grid=dict(D=[2, 4, 8]), fixed=dict(base, L=8, M=8, activation="identity",
-                              D_max=8), seeds=4, reference=dict(method="closure"), measure=dict(store_h=True))),
-        ("dsweep_tanh", S("dsweep_tanh", grid=dict(D=[2, 4, 8]), fixed=dict(base, L=8, M=8, D_max=8), seeds=4,
-                          reference=dict(method="none"))),
-        ("residual", S("residual", grid=dict(D=[2, 4, 8], gamma=[0.0, 0.5, 1.0]), fixed=dict(base, L=8, M=8), seeds=3,
-                       reference=dict(method="none"), measure=dict(preactivation=True))),
-        ("lazy", S("lazy", grid=dict(alpha=[0.5, 2, 8]), zip=dict(L=[4, 8], M=[4, 8]), fixed=dict(base, activation="erf"),
-                   seeds=3, reference=dict(method="lazy"))),
-        ("lazy_gap", S("lazy_gap", grid=dict(alpha=[0.5, 2, 8]), fixed=dict(base, L=8, M=8, activation="erf"), seeds=3,
-                       reference=ref8)),
-        ("phase", S("phase", grid=dict(a=[0.5, 1.0], b=[0.0, 1.0]), zip=dict(L=[4, 8], M=[4, 8]),
-                    fixed=dict(base, K=2, eta=0.5, N_eval=0), seeds=3, reference=dict(method="none"),
-                    measure=dict(linearisation=True))),
-        ("md", S("md", grid=dict(M=[1, 4], D=[2, 4]), fixed=dict(base, L=4, N_eval=0, D_max=4), seeds=3,
-                 reference=dict(method="network", L=4, M=32, D=4, seeds=2))),
-        ("psweep", S("psweep", zip=[dict(L=2, M=4, D=2), dict(L=2, M=8, D=4)], fixed=dict(base, N_eval=0, D_max=4), seeds=3,
-                     reference=dict(method="network", L=4, M=32, D=4, seeds=2))),
-    ]
-    return Preset("tiny", tuple(sweeps), _fits({r for r, _ in sweeps}), (), workers=1)
-
+__all__ = ["reproduce", "analyse", "add_parsers", "run_reproduce", "run_sweep_command", "dry_run"]
 
 # --- orchestration -----------------------------------------------------------------------------------
 
@@ -240,10 +64,10 @@ def _references(ref_dir: Path) -> list[dict]:
 
 
 def _divergences(role: str, ds) -> list[str]:
-    st = R.stack(ds)
+    st = A.stack(ds)
     d = np.asarray(st["diverged"].values) == 1
     steps = np.asarray(st["diverged_step"].values)
-    labels = R._labels(st)
+    labels = A.labels(st)
     seeds = st["seed"].values
     out = []
     for i in np.flatnonzero(d.any(axis=1)):
@@ -256,20 +80,20 @@ def _divergences(role: str, ds) -> list[str]:
     return out
 
 
-def _lazy_gap_fit(gap: dict) -> R.SlopeFit | None:
+def _lazy_gap_fit(gap: dict) -> A.SlopeFit | None:
     from .measure import loglog_slope
     a, g, fl = gap["alpha"], gap["gap"], gap["floor"]
     use = (a >= 2) & (g > fl)
-    fs = R.FitSpec("lazy_gap_slope", "alpha-Mean-ODE gap to the lazy ODE vs alpha (alpha >= 2)", "lazy_gap + lazy",
+    fs = A.FitSpec("lazy_gap_slope", "alpha-Mean-ODE gap to the lazy ODE vs alpha (alpha >= 2)", "lazy_gap + lazy",
                    "gap", "alpha", -2.0, note="predicted 1/alpha^2 asymptotically (SPEC §4.2); no seeds, so no bootstrap "
                    "interval; alphas whose gap is below the summed (max-abs, hence conservative) reference error "
                    "estimates are not fitted; see the local slopes in the lazy table")
     nan2 = (float("nan"), float("nan"))
     excl = [f"alpha={x:g}: gap {y:.1e} below the floor {f:.1e}" for x, y, f in zip(a, g, fl) if x >= 2 and not y > f]
     if use.sum() < 2:
-        return R.SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
+        return A.SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
     f = loglog_slope(a[use], g[use])
-    return R.SlopeFit(fs, f.slope, nan2, f.ci, f.intercept, int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
+    return A.SlopeFit(fs, f.slope, nan2, f.ci, f.intercept, int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
 
 
 def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: list[dict], workers: int,
@@ -277,31 +101,31 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
     """Fits, figures and report.md from the merged datasets of a preset."""
     from . import plots
     t0 = time.perf_counter()
-    stacked = {k: R.stack(v) for k, v in datasets.items()}
+    stacked = {k: A.stack(v) for k, v in datasets.items()}
     fits = []
     for fs in pre.fits:
         st = stacked.get(fs.sweep)
         if st is None:
             continue
         if fs.key == "lazy_far":
-            LM = R.param(st, "LM")
-            alphas = sorted(set(R.param(st, "alpha")))[-3:]
+            LM = A.param(st, "LM")
+            alphas = sorted(set(A.param(st, "alpha")))[-3:]
             fs = dataclasses.replace(fs, where=(("LM", float(min(LM))), ("alpha", (alphas[0], alphas[-1]))))
         if fs.key == "md_M":
-            Dmax = float(max(R.param(st, "D")))
+            Dmax = float(max(A.param(st, "D")))
             fs = dataclasses.replace(fs, where=(("D", Dmax), ("LM", (Dmax, float("inf")))))
-        fits.append(R.fit_slope(st, fs))
+        fits.append(A.fit_slope(st, fs))
     lazy = None
     if "lazy" in stacked and "lazy_gap" in stacked:
-        lazy = R.lazy_gap(stacked["lazy_gap"], stacked["lazy"])
+        lazy = A.lazy_gap(stacked["lazy_gap"], stacked["lazy"])
         lf = _lazy_gap_fit(lazy)
         if lf is not None:
             fits.append(lf)
     rate = None
     if "width" in stacked:
-        rate = R.fit_rate(stacked["width"])
-    phase_rows = R.phase_table(stacked["phase"]) if "phase" in stacked else None
-    residual_rows = R.residual_table(stacked["residual"]) if "residual" in stacked else None
+        rate = A.fit_rate(stacked["width"])
+    phase_rows = A.phase_table(stacked["phase"]) if "phase" in stacked else None
+    residual_rows = A.residual_table(stacked["residual"]) if "residual" in stacked else None
     timing["fits"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fig_dir = out / "figures"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import SweepSpec
+from .spec import DEFAULTS, SweepSpec
 from .store import MERGED_ENGINE, read_checked
 
 __all__ = ["merge_points", "load_sweep", "DIM_ORDER"]
@@ -83,7 +83,7 @@ def merge_points(spec: SweepSpec, paths: Sequence[os.PathLike]):
     if "seed" in spec.swept:
         merged = _aggregate_over_seeds(merged)
     merged.attrs.update(format="meanode-sweep/1", sweep=spec.name, spec=json.dumps(spec.to_dict(), default=str),
-                        swept=json.dumps(swept), n_points=len(dsets))
+                        swept=json.dumps(swept), n_points=len(dsets), defaults=json.dumps(DEFAULTS, default=str))
     return merged
 
 

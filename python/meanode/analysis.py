@@ -1,0 +1,384 @@
+"""Analysis of merged sweep datasets (SPEC §7): per-point quantities, slope and rate-model fits
+with bootstrap-over-seeds confidence intervals, the phase-diagram and residual-scale tables.
+
+It reads only the merged datasets (:mod:`meanode.sweep`); :mod:`meanode.report` words its results.
+
+Quantities (``X`` is ``f``, ``h``, ``f_eval`` or ``h_eval``; values at one step, default K):
+
+* ``total_X``  RMS over seeds, samples and coordinates of ``X - X_ref`` (SPEC §7 "error")
+* ``euler_X``  RMS of the seed mean of ``X - X_ref`` (the deterministic 1/L part)
+* ``fluct_X``  RMS of the seed standard deviation of ``X`` (reference-free)
+* ``noise_X``  ``fluct_X / sqrt(E)``: the statistical floor of ``euler_X``
+* per-seed observables (``init_dev``, ``out_change``, ``unit_movement``, ``feature_change``,
+  ``lin_dist``, ``preact_move``, ``err_X``): RMS over seeds.
+
+Bootstrap: seeds are resampled with replacement (the same draw for every point of a sweep, since
+the points share their seeds), the quantities recomputed and the fit redone; the 95% interval is
+the 2.5–97.5 percentile range. It covers the seed noise, not a misspecified model (the ``t``
+interval of the least-squares fit is given beside it).
+
+Exclusions are explicit and listed: a point whose value is non-finite (a diverged seed makes
+every aggregate NaN, SPEC §7/§8) or, for reference-based quantities, below ``floor_factor``
+times the reference's own error estimate, does not enter a fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .measure import fit_rate_model, loglog_slope
+
+__all__ = ["stack", "param", "quantity", "FitSpec", "SlopeFit", "fit_slope", "RateFit", "fit_rate",
+           "phase_table", "residual_table", "lazy_gap", "ref_floor", "labels", "diverged_points", "bootstrap_indices",
+           "BOOTSTRAP"]
+
+BOOTSTRAP = 200
+_PER_SEED = ("init_dev", "out_change", "unit_movement", "feature_change", "lin_dist", "preact_move")
+
+
+def stack(ds):
+    """The computed points of a merged dataset along one dimension ``point`` (swept params become
+    coordinates of ``point``)."""
+    swept = json.loads(ds.attrs.get("swept", "[]"))
+    if swept:
+        st = ds.stack(point=swept)
+        keep = np.flatnonzero(st["computed"].values.astype(bool))
+        st = st.isel(point=keep)
+    else:
+        st = ds.expand_dims(point=[0])
+    return st.transpose("point", ...)
+
+
+def _spec(st) -> dict:
+    return json.loads(st.attrs["spec"])
+
+
+def param(st, name: str) -> np.ndarray:
+    """Per-point values of a parameter: swept ones from the coordinates, fixed ones from the spec
+    and the defaults stored in the dataset; ``LM`` = L*M, ``P`` = L*M*D, ``alpha_eff`` (the
+    multiplier with the residual-scale exponent gamma, :func:`meanode.sweep.alpha_eff`)."""
+    n = st.sizes["point"]
+    if name == "LM":
+        return param(st, "L") * param(st, "M")
+    if name == "P":
+        return param(st, "L") * param(st, "M") * param(st, "D")
+    if name == "alpha_eff":
+        from .sweep.spec import alpha_eff
+        g = param(st, "gamma").astype(float)
+        return np.array([alpha_eff(a, D, None if np.isnan(gi) else gi)
+                         for a, D, gi in zip(param(st, "alpha"), param(st, "D"), g)])
+    if name in st.coords and "point" in st[name].dims:
+        return np.asarray(st[name].values)
+    fixed = _spec(st)["fixed"]
+    val = fixed.get(name, _defaults(st).get(name))
+    if val is None:
+        return np.full(n, np.nan)
+    return np.full(n, val, dtype=object if isinstance(val, str) else float)
+
+
+def _defaults(st) -> dict:
+    """The sweep defaults the dataset was merged with (older files: the current ones)."""
+    if "defaults" in st.attrs:
+        return json.loads(st.attrs["defaults"])
+    from .sweep import DEFAULTS
+    return DEFAULTS
+
+
+def _n_coords(st, i: int) -> int:
+    return int(param(st, "D")[i])
+
+
+def _per_point(st, var: str, i: int, step: int | None):
+    """Array of ``var`` for point i (hidden coords trimmed to D), at ``step`` if it has one."""
+    a = st[var].isel(point=i)
+    if step is not None and "step" in a.dims:
+        a = a.isel(step=step)
+    if "coord" in a.dims:
+        a = a.isel(coord=slice(0, _n_coords(st, i)))
+    if "seed" in a.dims:
+        a = a.transpose("seed", ...)
+    return np.asarray(a.values, dtype=float)
+
+
+def quantity(st, name: str, step: int = -1, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-point values ``(P,)`` of ``name`` at ``step`` and bootstrap replicates ``(B, P)`` for the
+    seed resamplings ``idx (B, E)`` (None without ``idx`` or when not bootstrappable)."""
+    P = st.sizes["point"]
+    vals = np.full(P, np.nan)
+    boot = None if idx is None else np.full((idx.shape[0], P), np.nan)
+    kind, _, X = name.partition("_")
+    if name in _PER_SEED or kind == "err":
+        var = name
+        if var not in st:
+            return vals, boot
+        for i in range(P):
+            v = _per_point(st, var, i, step)
+            vals[i] = np.sqrt(np.mean(v ** 2))
+            if idx is not None:
+                boot[:, i] = np.sqrt(np.mean(v[idx] ** 2, axis=1))
+        return vals, boot
+    if kind not in ("total", "euler", "fluct", "noise"):
+        raise ValueError(f"unknown quantity {name!r}")
+    for i in range(P):
+        raw = X in st
+        if raw:
+            x = _per_point(st, X, i, step)  # (E, n, c)
+            raw = not np.all(np.isnan(x))  # not stored for this point (e.g. h at large D): use aggregates
+        if kind == "total":
+            if f"err_{X}" not in st:
+                continue
+            e = _per_point(st, f"err_{X}", i, step)
+            vals[i] = np.sqrt(np.mean(e ** 2))
+            if idx is not None:
+                boot[:, i] = np.sqrt(np.mean(e[idx] ** 2, axis=1))
+            continue
+        if kind == "euler":
+            if f"{X}_ref" not in st or not raw:
+                if f"euler_{X}" in st:
+                    vals[i] = float(st[f"euler_{X}"].isel(point=i, step=step))
+                continue
+            d = x - _per_point(st, f"{X}_ref", i, step)[None]
+            vals[i] = np.sqrt(np.mean(d.mean(axis=0) ** 2))
+            if idx is not None:
+                boot[:, i] = np.sqrt(np.mean(d[idx].mean(axis=1) ** 2, axis=(1, 2)))
+            continue
+        # fluct / noise: reference-free
+        E = st.sizes["seed"]
+        if not raw:
+            if f"fluct_{X}" in st:
+                vals[i] = float(st[f"fluct_{X}"].isel(point=i, step=step))
+                if kind == "noise":
+                    vals[i] /= math.sqrt(E)
+            continue
+        scale = 1.0 / math.sqrt(x.shape[0]) if kind == "noise" else 1.0
+        vals[i] = np.sqrt(np.mean(x.var(axis=0, ddof=1))) * scale
+        if idx is not None:
+            boot[:, i] = np.sqrt(np.mean(x[idx].var(axis=1, ddof=1), axis=(1, 2))) * scale
+    return vals, boot
+
+
+def ref_floor(st) -> np.ndarray:
+    """Per-point reference error estimate (NaN without a reference)."""
+    if "ref_error" not in st:
+        return np.full(st.sizes["point"], np.nan)
+    return np.asarray(st["ref_error"].values, dtype=float)
+
+
+def labels(st) -> list[str]:
+    swept = json.loads(st.attrs.get("swept", "[]"))
+    out = []
+    for i in range(st.sizes["point"]):
+        parts = []
+        for k in swept:
+            v = st[k].values[i]
+            parts.append(f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}")
+        out.append(",".join(parts) or "point")
+    return out
+
+
+def diverged_points(st) -> np.ndarray:
+    if "diverged" not in st:
+        return np.zeros(st.sizes["point"], bool)
+    d = np.asarray(st["diverged"].values)
+    return (d == 1).any(axis=tuple(range(1, d.ndim))) if d.ndim > 1 else d == 1
+
+
+def bootstrap_indices(E: int, B: int | None = None, seed: int = 0) -> np.ndarray:
+    B = BOOTSTRAP if B is None else B
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, E, size=(B, E))
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """A log-log slope to fit: ``quantity`` (see :func:`quantity`) against parameter ``x`` over the
+    points of sweep ``sweep`` matching ``where`` (param -> value or (lo, hi) range)."""
+
+    key: str
+    title: str
+    sweep: str
+    quantity: str
+    x: str
+    predicted: float | None
+    where: tuple = ()
+    step: int = -1
+    floor: bool = True
+    floor_factor: float = 2.0
+    noise_factor: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class SlopeFit:
+    spec: FitSpec
+    slope: float
+    ci_boot: tuple[float, float]
+    ci_t: tuple[float, float]
+    intercept: float
+    n_used: int
+    n_total: int
+    x: np.ndarray
+    y: np.ndarray
+    used: np.ndarray
+    excluded: list[str] = field(default_factory=list)
+
+    @property
+    def deviation(self) -> float:
+        return float("nan") if self.spec.predicted is None else self.slope - self.spec.predicted
+
+
+def _match(st, where) -> np.ndarray:
+    m = np.ones(st.sizes["point"], bool)
+    for k, v in where:
+        vals = param(st, k)
+        if isinstance(v, tuple):
+            m &= (vals >= v[0]) & (vals <= v[1])
+        else:
+            m &= vals == v
+    return m
+
+
+def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
+    """Fit ``log y = c + slope log x`` with bootstrap and t intervals (see the module docstring)."""
+    E = st.sizes["seed"]
+    idx = bootstrap_indices(E, B, seed) if E > 1 else None
+    y, yb = quantity(st, fs.quantity, fs.step, idx)
+    x = param(st, fs.x).astype(float)
+    sel = _match(st, fs.where)
+    labs = labels(st)
+    div = diverged_points(st)
+    used = sel.copy()
+    excluded = []
+    floor = ref_floor(st)
+    noise = None
+    if fs.noise_factor > 0:
+        noise, _ = quantity(st, "noise_" + fs.quantity.partition("_")[2], fs.step)
+    for i in np.flatnonzero(sel):
+        if div[i] or not np.isfinite(y[i]):
+            used[i] = False
+            excluded.append(f"{labs[i]}: diverged / non-finite")
+        elif fs.floor and np.isfinite(floor[i]) and y[i] < fs.floor_factor * floor[i]:
+            used[i] = False
+            excluded.append(f"{labs[i]}: {y[i]:.2e} below {fs.floor_factor:g} x reference error {floor[i]:.1e}")
+        elif noise is not None and y[i] < fs.noise_factor * noise[i]:
+            used[i] = False
+            excluded.append(f"{labs[i]}: {y[i]:.2e} below {fs.noise_factor:g} x seed noise {noise[i]:.1e}")
+    n_used = int(used.sum())
+    nan2 = (float("nan"), float("nan"))
+    if n_used < 2:
+        return SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), n_used, int(sel.sum()), x[sel], y[sel], used[sel], excluded)
+    fit = loglog_slope(x[used], y[used])
+    ci_b = nan2
+    if yb is not None:
+        slopes = []
+        for b in range(yb.shape[0]):
+            yy = yb[b, used]
+            if np.all(np.isfinite(yy)) and np.all(yy > 0):
+                slopes.append(loglog_slope(x[used], yy).slope)
+        if len(slopes) >= 10:
+            ci_b = (float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5)))
+    return SlopeFit(fs, fit.slope, ci_b, fit.ci, fit.intercept, n_used, int(sel.sum()), x[sel], y[sel], used[sel], excluded)
+
+
+@dataclass
+class RateFit:
+    """``err ~ a/L + b sqrt(D/(L M))`` (non-negative least squares) with bootstrap intervals."""
+
+    a: float
+    b: float
+    ci_a: tuple[float, float]
+    ci_b: tuple[float, float]
+    rel_rms_residual: float
+    n: int
+    table: list[tuple]  # (label, L, M, D, measured, model)
+
+
+def fit_rate(st, qty: str = "total_f", step: int = -1, where=(), B: int | None = None, floor_factor: float = 2.0) -> RateFit:
+    E = st.sizes["seed"]
+    idx = bootstrap_indices(E, B) if E > 1 else None
+    y, yb = quantity(st, qty, step, idx)
+    L, M, D = (param(st, k).astype(float) for k in ("L", "M", "D"))
+    m = _match(st, where) & np.isfinite(y) & ~diverged_points(st)
+    floor = ref_floor(st)
+    m &= ~(np.isfinite(floor) & (y < floor_factor * floor))
+    a, b = fit_rate_model(L[m], M[m], D[m], y[m])
+    model = a / L + b * np.sqrt(D / (L * M))
+    cia = cib = (float("nan"), float("nan"))
+    if yb is not None:
+        ab = np.array([fit_rate_model(L[m], M[m], D[m], yb[j, m]) for j in range(yb.shape[0])
+                       if np.all(np.isfinite(yb[j, m]))])
+        if len(ab) >= 10:
+            cia = tuple(float(v) for v in np.percentile(ab[:, 0], [2.5, 97.5]))
+            cib = tuple(float(v) for v in np.percentile(ab[:, 1], [2.5, 97.5]))
+    rel = float(np.sqrt(np.mean(((y[m] - model[m]) / y[m]) ** 2)))
+    labs = labels(st)
+    table = [(labs[i], int(L[i]), int(M[i]), int(D[i]), float(y[i]), float(model[i])) for i in np.flatnonzero(m)]
+    return RateFit(a, b, cia, cib, rel, int(m.sum()), table)
+
+
+# --- phase diagram -------------------------------------------------------------------------------
+
+def phase_table(st, margin: float = 0.15) -> list[dict]:
+    """One row per (a, b) cell: measured exponents vs L*M, diverged fraction, measured and
+    predicted regimes, predicted exponents."""
+    from .phase import OBSERVABLES, classify, predicted_exponents, predicted_regime
+    a_all, b_all = param(st, "a").astype(float), param(st, "b").astype(float)
+    LM = param(st, "LM").astype(float)
+    rows = []
+    vals = {o: quantity(st, o)[0] for o in OBSERVABLES}
+    div = np.asarray(st["diverged"].values) == 1  # (P, E)
+    for a, b in sorted({(x, y) for x, y in zip(a_all, b_all)}):
+        m = (a_all == a) & (b_all == b)
+        order = np.argsort(LM[m])
+        x = LM[m][order]
+        exps, errs = {}, {}
+        for o in OBSERVABLES:
+            y = vals[o][m][order]
+            if len(x) >= 2 and np.all(np.isfinite(y)) and np.all(y > 0):
+                f = loglog_slope(x, y)
+                exps[o], errs[o] = f.slope, f.stderr
+            else:
+                exps[o], errs[o] = float("nan"), float("nan")
+        dfrac = float(div[m].mean())
+        init_level = float(vals["init_dev"][m][order][-1])
+        c = classify(exps, dfrac, margin, init_level=init_level)
+        rows.append(dict(a=float(a), b=float(b), exponents=exps, stderr=errs, diverged_fraction=dfrac,
+                         regime=c.regime, reason=c.reason, predicted=predicted_regime(a, b),
+                         predicted_exponents=predicted_exponents(a, b), sizes=x.tolist()))
+    return rows
+
+
+def residual_table(st, B: int | None = None) -> list[dict]:
+    """Exponents vs D of unit movement, pre-activation movement and feature movement for each
+    residual-scale exponent gamma (predicted -gamma, 1/2 - gamma, 0)."""
+    out = []
+    g_all = param(st, "gamma").astype(float)
+    for g in sorted(set(g_all[np.isfinite(g_all)])):
+        row = dict(gamma=float(g), fits={})
+        for q, pred in (("unit_movement", -g), ("preact_move", 0.5 - g), ("feature_change", 0.0)):
+            if q not in st:
+                continue
+            fs = FitSpec(f"residual-{q}-{g}", q, "residual", q, "D", pred, where=(("gamma", g),), floor=False)
+            row["fits"][q] = fit_slope(st, fs, B)
+        out.append(row)
+    return out
+
+
+def lazy_gap(st_gap, st_lazy, step: int = -1) -> dict:
+    """The alpha-Mean-ODE's RMS output gap to the lazy ODE per alpha, with the floor (sum of the
+    two references' error estimates)."""
+    a_gap = param(st_gap, "alpha").astype(float)
+    alphas = sorted(set(a_gap))
+    lazy_f = np.asarray(st_lazy["f_ref"].isel(point=0, step=step).values)
+    lazy_err = float(st_lazy["ref_error"].isel(point=0))
+    gaps, floors = [], []
+    for a in alphas:
+        i = int(np.flatnonzero(a_gap == a)[0])
+        fr = np.asarray(st_gap["f_ref"].isel(point=i, step=step).values)
+        gaps.append(float(np.sqrt(np.mean((fr - lazy_f) ** 2))))
+        floors.append(float(st_gap["ref_error"].isel(point=i)) + lazy_err)
+    return dict(alpha=np.array(alphas), gap=np.array(gaps), floor=np.array(floors))
