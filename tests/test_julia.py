@@ -29,6 +29,7 @@ from meanode.solvers import SolverChoice, SolverError
 
 REPO = Path(__file__).resolve().parents[1]
 JULIA_DIR = REPO / "julia"
+MEANODE_JL = REPO / "python" / "meanode" / "julia" / "MeanODE.jl"
 VECTORS_PATH = JULIA_DIR / "test" / "vectors.json"
 JULIACALL_INSTALLED = importlib.util.find_spec("juliacall") is not None
 
@@ -372,10 +373,15 @@ def test_juliapkg_json_and_project_toml_declare_the_same_packages():
         assert pkg["packages"][name]["uuid"] == uuid, name
         assert pkg["packages"][name]["version"] == compat[name], name
     assert len(set(deps.values())) == len(deps)
-    # every package the Julia sources load is declared (Test is a stdlib, in [extras])
+    # every package the engine loads is declared; the tests' own packages only in the test environment
+    used = set(re.findall(r"^\s*(?:import|using)\s+([A-Za-z][A-Za-z0-9_]*)", MEANODE_JL.read_text(), re.M))
+    assert used <= set(deps), used - set(deps)
+    test_project = _toml(JULIA_DIR / "test" / "Project.toml")
+    assert {k: v for k, v in test_project["deps"].items() if k in deps} == deps
     for path in sorted(JULIA_DIR.rglob("*.jl")):
         used = set(re.findall(r"^\s*(?:import|using)\s+([A-Za-z][A-Za-z0-9_]*)", path.read_text(), re.M))
-        assert used - {"Test"} <= set(deps), (path.name, used - set(deps))
+        assert used <= set(test_project["deps"]), (path.name, used - set(test_project["deps"]))
+    assert "JSON3" not in deps and "JSON3" in test_project["deps"]  # not installed into every user's environment
     assert project.get("extras", {}).get("Test") == "8dfed614-e22c-5e08-85e1-65c5234f0b40"
 
 
@@ -387,8 +393,11 @@ def _julia_parser():
 
 def test_julia_sources_parse():
     parser = _julia_parser()
-    files = sorted(JULIA_DIR.rglob("*.jl"))
-    assert JULIA_DIR / "MeanODE.jl" in files and JULIA_DIR / "test" / "runtests.jl" in files
+    files = sorted(JULIA_DIR.rglob("*.jl")) + [MEANODE_JL]
+    assert JULIA_DIR / "test" / "runtests.jl" in files
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "*.jl"], capture_output=True, text=True).stdout.split()
+    if tracked:  # in a checkout: one MeanODE.jl, no copy or link beside it
+        assert [t for t in tracked if t.endswith("MeanODE.jl")] == ["python/meanode/julia/MeanODE.jl"]
     for path in files:
         tree = parser.parse(path.read_bytes())
         bad, stack = [], [tree.root_node]
@@ -402,7 +411,7 @@ def test_julia_sources_parse():
 
 def test_julia_module_defines_what_the_bridge_calls():
     parser = _julia_parser()
-    src = (JULIA_DIR / "MeanODE.jl").read_bytes()
+    src = MEANODE_JL.read_bytes()
     root = parser.parse(src).root_node
     modules = [c for c in root.children if c.type == "module_definition"]
     assert len(modules) == 1 and modules[0].child_by_field_name("name").text == b"MeanODE"

@@ -1,4 +1,4 @@
-# Tests of the Julia backend (module MeanODE in julia/MeanODE.jl).
+# Tests of the Julia backend (module MeanODE in python/meanode/julia/MeanODE.jl).
 #
 # Run from the repository root:
 #     julia --project=. -e 'using Pkg; Pkg.instantiate()'
@@ -16,7 +16,7 @@ using Test
 using JSON3
 using LinearAlgebra: norm
 
-include(joinpath(@__DIR__, "..", "MeanODE.jl"))
+include(joinpath(@__DIR__, "..", "..", "python", "meanode", "julia", "MeanODE.jl"))
 using .MeanODE
 
 const VECTORS = JSON3.read(read(joinpath(@__DIR__, "vectors.json"), String))

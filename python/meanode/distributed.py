@@ -66,17 +66,20 @@ def _limit_threads(threads: int) -> dict:
 class ThreadLimits(WorkerPlugin):
     """Worker plugin: on every worker (present and future, restarted ones included) set
     ``torch.set_num_threads(threads)`` and ``OMP/MKL/OPENBLAS/NUMEXPR/VECLIB`` thread variables,
-    so ``n`` workers on ``n`` cores do not oversubscribe them. Also imports the sweep code once,
-    so the first point does not pay for it."""
+    so ``n`` workers on ``n`` cores do not oversubscribe them; then import the modules named in
+    ``preload`` (the sweep's point code, by default), so the first task does not pay for them."""
 
     name = "meanode-thread-limits"
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, preload: tuple[str, ...] = ("meanode.sweep.point",)):
         self.threads = int(threads)
+        self.preload = tuple(preload)
 
     def setup(self, worker=None):
+        import importlib
         _limit_threads(self.threads)
-        import meanode.sweep  # noqa: F401 - warm the import in the worker
+        for name in self.preload:
+            importlib.import_module(name)
 
 
 class DaskExecutor(cf.Executor):

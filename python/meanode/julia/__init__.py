@@ -2,7 +2,7 @@
 
 Use it with ``backend="julia"`` (or a ``"julia:Vern9"``-style solver name) in
 :func:`meanode.limit.mean_ode_limit` / :func:`meanode.limit.lazy_limit`. The Julia code is
-``julia/MeanODE.jl``; :mod:`meanode.julia.bridge` starts Julia on first use and calls it.
+``MeanODE.jl`` beside this module; :mod:`meanode.julia.bridge` starts Julia on first use and calls it.
 
 Importing this package never imports ``juliacall`` or starts Julia.
 :func:`julia_available` is a cheap check (see :func:`julia_status` for the rule); where the

@@ -6,7 +6,7 @@ for the rest of the process.
 
 Start (:func:`start`, cached): ``import juliacall`` (on its first use juliapkg downloads Julia if
 none is found and installs and precompiles the packages of ``meanode/juliapkg.json``: minutes),
-then ``juliacall.newmodule("MeanODEBridge")`` and ``include`` of ``julia/MeanODE.jl`` into that
+then ``juliacall.newmodule("MeanODEBridge")`` and ``include`` of ``MeanODE.jl`` (beside this module) into that
 private module, so nothing lands in Julia's ``Main``. One Julia thread unless
 ``PYTHON_JULIACALL_THREADS`` is already set (then also Julia's BLAS is left alone). A failed start
 raises :class:`JuliaUnavailableError` and is remembered: later calls in the same process raise
@@ -77,7 +77,7 @@ JULIA_SOLVERS: dict[str, str] = {
 def julia_method_label(solver: str) -> str:
     """How ``MeanODE.solve_limit`` names the method it ran for ``solver`` (a name it accepts, as
     :data:`JULIA_SOLVERS` gives it): the name itself, except ``"auto"``, which runs
-    ``AutoVern9(Rodas5P())`` (``algorithm`` in ``julia/MeanODE.jl``)."""
+    ``AutoVern9(Rodas5P())`` (``algorithm`` in ``MeanODE.jl``)."""
     return "AutoVern9(Rodas5P())" if solver == "auto" else solver
 
 
@@ -111,7 +111,7 @@ class Runtime(Protocol):
     """What the bridge needs from a started Julia (the real one, or a test fake).
 
     ``module``: has ``solve_limit(kind, X, Y, W_E, W_U, X_eval, **kw)`` returning a mapping
-    (``res["H"]`` ...) as documented in ``julia/MeanODE.jl``.
+    (``res["H"]`` ...) as documented in ``MeanODE.jl``.
     ``describe(exc)``: ``(type_name, message, retcode, s)`` when ``exc`` is a Julia exception,
     else ``None`` (then the exception passes through unchanged).
     """
@@ -190,12 +190,12 @@ def find_julia_executable() -> tuple[str | None, str]:
 
 
 def julia_source_path() -> Path | None:
-    """``MeanODE.jl``: ``$MEANODE_JULIA_SOURCE``, else next to this module (package data), else
-    ``julia/MeanODE.jl`` of the source tree (editable installs). None when not found."""
+    """``MeanODE.jl``: ``$MEANODE_JULIA_SOURCE``, else the one next to this module (package data,
+    the only copy in the repository). None when not found."""
     env = os.environ.get("MEANODE_JULIA_SOURCE")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve()
-    candidates += [here.parent / "MeanODE.jl", here.parents[3] / "julia" / "MeanODE.jl"]
+    candidates.append(here.parent / "MeanODE.jl")
     for c in candidates:
         if c.is_file():
             return c
@@ -219,7 +219,7 @@ def julia_status() -> tuple[bool, str]:
         return False, "the Python package juliacall is not installed (pip install 'meanode[julia]')"
     source = julia_source_path()
     if source is None:
-        return False, "MeanODE.jl not found (set MEANODE_JULIA_SOURCE to julia/MeanODE.jl of the meanode sources)"
+        return False, "MeanODE.jl not found (set MEANODE_JULIA_SOURCE to the meanode sources' python/meanode/julia/MeanODE.jl)"
     exe, how = find_julia_executable()
     if exe is None:
         return False, how
@@ -288,10 +288,15 @@ def _load_runtime() -> Runtime:
         raise _unavailable("the Python package juliacall is not installed")
     source = julia_source_path()
     if source is None:
-        raise _unavailable("MeanODE.jl was not found (set MEANODE_JULIA_SOURCE to julia/MeanODE.jl)")
+        raise _unavailable("MeanODE.jl was not found (set MEANODE_JULIA_SOURCE to python/meanode/julia/MeanODE.jl)")
     single_thread = _option("PYTHON_JULIACALL_THREADS", "juliacall-threads") is None
     if single_thread:
         os.environ["PYTHON_JULIACALL_THREADS"] = "1"
+    if "juliacall" not in sys.modules and "torch" in sys.modules:
+        import warnings
+        warnings.warn("torch was imported before juliacall, which PythonCall warns may segfault; set "
+                      "MEANODE_IMPORT_JULIACALL_FIRST=1 (then `import meanode` imports juliacall first) or import "
+                      "juliacall before torch and meanode", stacklevel=3)
     try:
         import juliacall
     except Exception as e:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import integrate as si
 
-from . import ODEStats, SolverChoice, SolverError
+from .base import ODEStats, SolverChoice, SolverError
 
 
 def integrate_scipy(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice: SolverChoice,

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from . import ODEStats, SolverChoice, SolverError
+from .base import ODEStats, SolverChoice, SolverError
 
 # Dormand–Prince 5(4) tableau (FSAL): nodes c, stages a, 5th-order weights b, b - b_hat as e.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
