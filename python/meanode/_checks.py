@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["ArgumentTypeError", "integer", "real", "as_tensor", "check_problem", "positive_int", "positive_float",
-           "nonnegative_int", "resolve_device", "resolve_dtype"]
+__all__ = ["ArgumentTypeError", "integer", "real", "as_tensor", "check_problem", "check_seeds", "positive_int",
+           "positive_float", "nonnegative_int", "resolve_device", "resolve_dtype"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -55,11 +55,16 @@ def positive_float(name: str, value, allow_zero: bool = False) -> float:
     return real(name, value, minimum=0.0, strict=not allow_zero)
 
 
-def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """numpy/array-like -> tensor of ``dtype`` on ``device``; a tensor must already match both."""
+def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device,
+              dtype_hint: str = "convert it, or pass dtype=") -> torch.Tensor:
+    """numpy/array-like -> tensor of ``dtype`` on ``device``; a tensor must already match both and
+    must not require grad (nothing here differentiates through its inputs)."""
     if isinstance(x, torch.Tensor):
+        if x.requires_grad:
+            raise ValueError(f"{name} requires grad; meanode does not differentiate through its inputs: pass "
+                             f"{name}.detach()")
         if x.dtype != dtype:
-            raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} (convert it, or pass dtype=)")
+            raise TypeError(f"{name} has dtype {x.dtype}, expected {dtype} ({dtype_hint})")
         if x.device != device:
             raise ValueError(f"{name} is on device {x.device}, expected {device} (move it, or pass device=)")
         t = x
@@ -76,15 +81,15 @@ def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device)
     return t
 
 
-def check_problem(X, Y, W_E, W_U, X_eval, dtype, device):
+def check_problem(X, Y, W_E, W_U, X_eval, dtype, device, dtype_hint: str = "convert it, or pass dtype="):
     """Validate and convert the data/embedding arrays; returns tensors ``X, Y, W_E, W_U, X_eval``.
 
     ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, ``X_eval (N_eval, d_in)``.
     """
-    X = as_tensor("X", X, 2, dtype, device)
-    Y = as_tensor("Y", Y, 2, dtype, device)
-    W_E = as_tensor("W_E", W_E, 2, dtype, device)
-    W_U = as_tensor("W_U", W_U, 2, dtype, device)
+    X = as_tensor("X", X, 2, dtype, device, dtype_hint)
+    Y = as_tensor("Y", Y, 2, dtype, device, dtype_hint)
+    W_E = as_tensor("W_E", W_E, 2, dtype, device, dtype_hint)
+    W_U = as_tensor("W_U", W_U, 2, dtype, device, dtype_hint)
     if Y.shape[0] != X.shape[0]:
         raise ValueError(f"X and Y disagree on the number of samples: {X.shape[0]} vs {Y.shape[0]}")
     if X.shape[0] < 1:
@@ -96,22 +101,50 @@ def check_problem(X, Y, W_E, W_U, X_eval, dtype, device):
     if W_U.shape[1] != Y.shape[1]:
         raise ValueError(f"W_U has shape {tuple(W_U.shape)}, expected (D, d_out) with d_out = {Y.shape[1]}")
     if X_eval is not None:
-        X_eval = as_tensor("X_eval", X_eval, 2, dtype, device)
+        X_eval = as_tensor("X_eval", X_eval, 2, dtype, device, dtype_hint)
         if X_eval.shape[1] != X.shape[1]:
             raise ValueError(f"X_eval has {X_eval.shape[1]} columns, expected d_in = {X.shape[1]}")
     return X, Y, W_E, W_U, X_eval
 
 
 def resolve_device(device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or such a torch.device); others are refused by name."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {device!r} is not a valid torch device") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but CUDA is not available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+#: seeds are the integers torch.Generator.manual_seed takes without wrapping around
+MAX_SEED = 2**63 - 1
+
+
+def check_seeds(seeds, name: str = "seeds") -> tuple[int, ...]:
+    """A non-empty sequence of distinct integer seeds in [0, 2^63): ``range(8)``, ``[0, 3]``, a numpy
+    integer array. Refused, naming ``name``: a bare int or string, floats and bools (``1.7`` is not
+    a seed), negatives (``-1`` would be the same network as ``2^64 - 1``), too large, repeats."""
+    if isinstance(seeds, (str, bytes)) or isinstance(seeds, numbers.Number) or not hasattr(seeds, "__iter__"):
+        raise ArgumentTypeError(f"{name} must be a sequence of integer seeds (e.g. range(8) or [0, 3]), got {seeds!r}")
+    out = []
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, (numbers.Integral, np.integer)):
+            raise ArgumentTypeError(f"{name}[{i}] must be an integer seed, got {s!r}")
+        if not 0 <= int(s) <= MAX_SEED:
+            raise ValueError(f"{name}[{i}] = {int(s)} is outside [0, 2^63 - 1]")
+        out.append(int(s))
+    if not out:
+        raise ValueError(f"{name} must name at least one seed")
+    if len(set(out)) != len(out):
+        dup = sorted({s for s in out if out.count(s) > 1})
+        raise ValueError(f"{name} repeats seeds {dup}: each member of an ensemble needs its own seed")
+    return tuple(out)
 
 
 def resolve_dtype(dtype) -> torch.dtype:

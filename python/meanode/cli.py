@@ -16,6 +16,8 @@ import torch
 from . import doctor, measure, reproduce
 from .data import Problem
 from .resnet import train_resnet
+from .solvers import SolverError
+from .sweep import SweepError, SweepSpecError
 
 
 def _init_deviation(L: int, M: int, D: int, seeds, D_max: int) -> float:
@@ -71,7 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_parser(sub)
     reproduce.add_parsers(sub)
     args = p.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("meanode: interrupted; what finished is on disk and a rerun continues", file=sys.stderr)
+        return 130
+    except (SweepError, SweepSpecError, OSError, ValueError, TypeError, SolverError) as e:
+        # one bounded line for the user; full tracebacks of failed points are in OUT/failures.log
+        print(f"meanode {args.command}: error: {reproduce.one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import integer
+
 __all__ = ["default_data", "coupled_embeddings", "Problem"]
 
 
@@ -20,9 +22,8 @@ def default_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> t
     Drawn from ``numpy.random.default_rng(seed)``, a stream separate from the weight seeds.
     """
     for name, val in (("N", N), ("d_in", d_in), ("d_out", d_out)):
-        if not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be a positive integer, got {val!r}")
-    rng = np.random.default_rng(seed)
+        integer(name, val, 1)
+    rng = np.random.default_rng(integer("seed", seed, 0))
     X = rng.standard_normal((N, d_in))
     Y = rng.standard_normal((N, d_out))
     return X, Y
@@ -36,12 +37,12 @@ def coupled_embeddings(D: int, d_in: int = 5, d_out: int = 5, seed: int = 0,
     "Coupled" across D: both are drawn once at ``D_max`` (default ``D``) and every model takes
     their first ``D`` rows, so hidden states of different D compare coordinate by coordinate.
     """
-    D_max = D if D_max is None else D_max
-    if not isinstance(D, (int, np.integer)) or D < 1:
-        raise ValueError(f"D must be a positive integer, got {D!r}")
+    D = integer("D", D, 1)
+    D_max = D if D_max is None else integer("D_max", D_max, 1)
     if D_max < D:
         raise ValueError(f"D_max={D_max} must be >= D={D}")
-    rng = np.random.default_rng([seed, 1])  # independent of default_data's stream
+    d_in, d_out = integer("d_in", d_in, 1), integer("d_out", d_out, 1)
+    rng = np.random.default_rng([integer("seed", seed, 0), 1])  # independent of default_data's stream
     W_E = rng.standard_normal((D_max, d_in)) / np.sqrt(d_in)
     W_U = rng.standard_normal((D_max, d_out))
     return W_E[:D].copy(), W_U[:D].copy()
@@ -69,8 +70,9 @@ class Problem:
     def default(cls, D: int = 2, *, N: int = 10, d_in: int = 5, d_out: int = 5, data_seed: int = 0,
                 embed_seed: int = 0, D_max: int | None = None, N_eval: int = 0) -> "Problem":
         """SPEC §1 defaults: ``N = 10``, ``d_in = d_out = 5``, coupled embeddings at ``D_max``."""
-        X, Y = default_data(N, d_in, d_out, seed=data_seed)
-        W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=embed_seed, D_max=D_max)
+        N_eval = integer("N_eval", N_eval, 0)
+        X, Y = default_data(N, d_in, d_out, seed=integer("data_seed", data_seed, 0))
+        W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=integer("embed_seed", embed_seed, 0), D_max=D_max)
         # held-out inputs from their own stream: asking for them never changes the training set
         X_eval = np.random.default_rng([data_seed, 2]).standard_normal((N_eval, d_in)) if N_eval else None
         return cls(X, Y, W_E, W_U, X_eval)

@@ -39,7 +39,7 @@ from . import report as R
 from .presets import PRESETS, Preset, preset
 from .sweep import SweepSpec, plan_summary, run_sweeps
 
-__all__ = ["reproduce", "analyse", "add_parsers", "run_reproduce", "run_sweep_command", "dry_run"]
+__all__ = ["reproduce", "analyse", "add_parsers", "run_reproduce", "run_sweep_command", "dry_run", "one_line"]
 
 # --- orchestration -----------------------------------------------------------------------------------
 
@@ -173,6 +173,7 @@ def dry_run(name: str, out=None, file=None) -> dict:
     tot_pts = tot_refs = 0
     tot_s = 0.0
     mem = 0
+    too_large: list[str] = []
     print(f"meanode reproduce --preset {name}: plan", file=file)
     print(f"{'sweep':<16} {'points':>6} {'seeds':>5} {'refs':>4} {'reference':<12} {'est. CPU time':>15} {'max mem/point':>14}",
           file=file)
@@ -185,12 +186,17 @@ def dry_run(name: str, out=None, file=None) -> dict:
         tot_refs += s["references"]
         tot_s += s["point_seconds"] + s["reference_seconds"]
         mem = max(mem, s["max_point_memory"])
+        too_large += [f"{role}/{lab}" for lab in s["too_large"]]
     print(f"{'total':<16} {tot_pts:>6} {'':>5} {tot_refs:>4} {'':<12} {_duration(tot_s):>15} {mem / 2**30:>10.2f} GiB", file=file)
     print("Estimated time: one CPU core running the batched float64 trainer (meanode.sweep.CPU_SECONDS_PER_UNIT, "
           "measured here) plus the references; divide by the workers; a GPU runs the large points 10-100x faster. "
           "Memory: weights (twice), hidden states and activations of the largest training call (seed ensembles "
           "above MEANODE_MAX_POINT_GB, default 16, are trained in seed chunks).", file=file)
-    return dict(points=tot_pts, references=tot_refs, cpu_seconds=tot_s, max_point_memory=mem)
+    if too_large:
+        print(f"NOT RUNNABLE HERE: {len(too_large)} point(s) need more memory for one seed than the limit "
+              f"(MEANODE_MAX_MEMORY_GB, default the machine's): {', '.join(too_large[:5])}"
+              + (" ..." if len(too_large) > 5 else ""), file=file)
+    return dict(points=tot_pts, references=tot_refs, cpu_seconds=tot_s, max_point_memory=mem, too_large=too_large)
 
 
 def _duration(seconds: float) -> str:
@@ -202,7 +208,7 @@ def _duration(seconds: float) -> str:
 
 
 def reproduce(name: str = "quick", out="reproduce-out", *, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, overwrite: bool = False) -> Path:
     """Run a preset end to end; returns the path of ``report.md``."""
     import torch
     torch.set_num_threads(1)
@@ -213,7 +219,7 @@ def reproduce(name: str = "quick", out="reproduce-out", *, workers: int | None =
     executor = scheduler if scheduler is not None else f"local:{workers}"
     t0 = time.perf_counter()
     jobs = [(spec, out / "sweeps" / role) for role, spec in pre.sweeps]
-    results = run_sweeps(jobs, executor=executor, ref_dir=out / "references", progress=progress)
+    results = run_sweeps(jobs, executor=executor, ref_dir=out / "references", progress=progress, overwrite=overwrite)
     timing = {"sweeps": time.perf_counter() - t0}
     datasets = {role: r.dataset for (role, _), r in zip(pre.sweeps, results)}
     rows = []
@@ -226,13 +232,20 @@ def reproduce(name: str = "quick", out="reproduce-out", *, workers: int | None =
 
 # --- command line ------------------------------------------------------------------------------------
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, at most ``limit`` characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_reproduce(args: argparse.Namespace) -> int:
     """``meanode reproduce``."""
     if args.dry_run:
-        dry_run(args.preset, args.out)
-        return 0
+        plan = dry_run(args.preset, args.out)
+        return 1 if plan["too_large"] else 0
     t0 = time.perf_counter()
-    path = reproduce(args.preset, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+    path = reproduce(args.preset, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
+                     overwrite=args.overwrite)
     print(f"wrote {path} and figures in {Path(args.out) / 'figures'} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
@@ -245,7 +258,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         spec = SweepSpec.from_yaml(args.file)
     except SweepSpecError as e:
-        print(f"meanode sweep: error: {e}", file=sys.stderr)
+        print(f"meanode sweep: error: {one_line(e)}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.file).with_suffix("")
     if args.dry_run:
@@ -254,9 +267,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
               f"reference(s) ({', '.join(s['reference_methods']) or 'none'}); estimated "
               f"{(s['point_seconds'] + s['reference_seconds']) / 60:.1f} CPU core-minutes, largest point "
               f"{s['max_point_memory'] / 2**20:.0f} MiB")
+        if s["too_large"]:
+            print(f"meanode sweep: error: {len(s['too_large'])} point(s) cannot fit in memory "
+                  f"({s['memory_limit'] / 2**30:.1f} GiB; MEANODE_MAX_MEMORY_GB sets it), e.g. {s['too_large'][0]}",
+                  file=sys.stderr)
+            return 1
         return 0
     executor = args.scheduler if args.scheduler else f"local:{args.workers}"
-    res = run_sweep(spec, out, executor=executor, progress=not args.no_progress)
+    res = run_sweep(spec, out, executor=executor, progress=not args.no_progress, overwrite=args.overwrite)
     ds = res.dataset
     n_div = int((np.asarray(ds["diverged"].values) == 1).sum())
     print(f"sweep {spec.name}: {len(res.computed)} points computed, {len(res.skipped)} already on disk, "
@@ -275,6 +293,7 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--workers", type=int, default=None, help="local worker processes (default: preset's, 2 for quick)")
     r.add_argument("--scheduler", default=None, help="executor, e.g. local:4 or serial (overrides --workers)")
     r.add_argument("--dry-run", action="store_true", help="print the plan (points, references, estimated cost) and exit")
+    r.add_argument("--overwrite", action="store_true", help="replace sweeps of the same names but other specs in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_reproduce)
     s = subparsers.add_parser("sweep", help="run a sweep described in a YAML file (one file per point, merged dataset)")
@@ -283,6 +302,7 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     s.add_argument("--scheduler", default=None, help="executor, e.g. local:4 or serial (overrides --workers)")
     s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    s.add_argument("--overwrite", action="store_true", help="replace a different sweep of the same name in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=run_sweep_command)
 

@@ -22,6 +22,7 @@ the weights once and no gradient buffer is kept.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._checks import (check_problem, nonnegative_int, positive_float, positive_int, resolve_device,
-                      resolve_dtype, warn_outside_regime)
+from ._checks import (check_problem, check_seeds, nonnegative_int, positive_float, positive_int, real,
+                      resolve_device, resolve_dtype, warn_outside_regime)
 from .blocks import Block, TwoLayerBlock, check_block
 
 __all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient", "diverged"]
@@ -51,11 +52,21 @@ class Scaling:
     a: float = 1.0
     b: float = 1.0
 
+    def __post_init__(self) -> None:
+        real("Scaling.a", self.a)
+        real("Scaling.b", self.b)
+
     def multiplier(self, alpha: float, L: int, M: int) -> float:
         return alpha * float(L * M) ** (-self.a)
 
     def learning_rate(self, eta: float, alpha: float, L: int, M: int, kappa: float) -> float:
-        return eta * kappa * float(L * M) ** self.b / alpha**2
+        """``eta kappa (L M)^b / alpha^2``; a ValueError naming alpha when that is not a finite number."""
+        a2 = alpha * alpha
+        rate = eta * kappa * float(L * M) ** self.b / a2 if a2 > 0 else math.inf
+        if not math.isfinite(rate):
+            raise ValueError(f"alpha = {alpha:g} gives the learning rate eta kappa (L M)^b / alpha^2 = {rate}: "
+                             "not a finite number (alpha too small for float64)")
+        return rate
 
 
 MLU = Scaling(1.0, 1.0)
@@ -309,9 +320,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
     D, N = W_E.shape[0], X.shape[0]
     block = TwoLayerBlock(D, activation) if block is None else check_block(block, D)
     warn_outside_regime(D, L, M)
-    seeds = tuple(int(s) for s in seeds)
-    if len(seeds) < 1:
-        raise ValueError("seeds must name at least one seed")
+    seeds = check_seeds(seeds)
     E = len(seeds)
     alphas = _alphas(alpha, E)
 

@@ -35,6 +35,9 @@ METHODS = ("auto", "closure", "quadrature", "lazy")
 AUTO_DEPTH = (17, 65)
 #: depth nodes of the exact closure and of the lazy ODE with depth_nodes="auto" (cheap to solve)
 CHEAP_DEPTH = 33
+#: right-hand-side evaluations allowed per ODE solve by default (a normal solve takes hundreds to
+#: a few thousand; an exploding trajectory would take millions)
+MAX_RHS = 20_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,14 +57,16 @@ class _Inputs:
     atol: float
     device: torch.device
     depth_nodes: int | str
+    max_rhs: int
+    divergence_threshold: float
 
     def spec(self, choice, Q: int, progress: bool) -> RunSpec:
         return RunSpec(self.X, self.Y, self.W_E, self.W_U, self.X_eval, self.block, self.alpha, self.eta, self.K,
-                       choice, self.rtol, self.atol, DepthGrid(Q), progress)
+                       choice, self.rtol, self.atol, DepthGrid(Q), progress, self.max_rhs, self.divergence_threshold)
 
 
 def _check_inputs(X, Y, W_E, W_U, X_eval, *, alpha, eta, steps, rtol, atol, device, depth_nodes, block,
-                  activation) -> _Inputs:
+                  activation, max_rhs=MAX_RHS, divergence_threshold=1e6) -> _Inputs:
     """The one check of every argument of :func:`mean_ode_limit` / :func:`lazy_limit`."""
     device = resolve_device(device)
     K = nonnegative_int("steps", steps)
@@ -70,10 +75,14 @@ def _check_inputs(X, Y, W_E, W_U, X_eval, *, alpha, eta, steps, rtol, atol, devi
     rtol, atol = positive_float("rtol", rtol), positive_float("atol", atol)
     if depth_nodes != "auto":
         integer("depth_nodes", depth_nodes, 3)
-    Xt, Yt, WE, WU, Xe = check_problem(X, Y, W_E, W_U, X_eval, torch.float64, device)
+    max_rhs = integer("max_rhs", max_rhs, 100)
+    divergence_threshold = positive_float("divergence_threshold", divergence_threshold)
+    Xt, Yt, WE, WU, Xe = check_problem(X, Y, W_E, W_U, X_eval, torch.float64, device,
+                                       dtype_hint="the limit computes in float64: pass float64 arrays")
     D = WE.shape[0]
     block = TwoLayerBlock(D, activation) if block is None else check_block(block, D)
-    return _Inputs(Xt, Yt, WE, WU, Xe, block, alpha, eta, K, rtol, atol, device, depth_nodes)
+    return _Inputs(Xt, Yt, WE, WU, Xe, block, alpha, eta, K, rtol, atol, device, depth_nodes, max_rhs,
+                   divergence_threshold)
 
 
 def _solver_error(f: np.ndarray, rtol: float, atol: float) -> float:
@@ -94,9 +103,19 @@ def _finish(inp: _Inputs, spec: RunSpec, runs: list[Run], combined: Run | None, 
     H = main.H.cpu().numpy()
     f_all = main.f.cpu().numpy()
     h_all = H[:, -1]
+    diverged = [r.diverged_step for r in runs if r.diverged_step >= 0]
+    diverged_step = min(diverged) if diverged else -1
     parts = dict(parts)
-    parts["depth_interpolation"] = max(r.depth_tail for r in runs) * float(np.max(np.abs(f_all)))
-    parts["solver"] = _solver_error(f_all, inp.rtol, inp.atol)
+    if diverged:  # nothing honest to say about the error of a diverged limit
+        parts = {k: float("nan") for k in parts}
+        if diverged_step < f_all.shape[0]:
+            f_all[diverged_step:] = np.nan
+            H[diverged_step:] = np.nan
+            h_all = H[:, -1]
+    finite = f_all[np.isfinite(f_all)]
+    parts["depth_interpolation"] = (max(r.depth_tail for r in runs) * float(np.max(np.abs(finite)))
+                                    if finite.size and not diverged else float("nan"))
+    parts["solver"] = _solver_error(finite, inp.rtol, inp.atol) if finite.size and not diverged else float("nan")
     loss = 0.5 * np.sum((f_all[:, :N] - inp.Y.cpu().numpy()) ** 2, axis=(1, 2)) / N
     has_eval = f_all.shape[1] > N
     choice = runs[0].choice or spec.choice
@@ -106,7 +125,7 @@ def _finish(inp: _Inputs, spec: RunSpec, runs: list[Run], combined: Run | None, 
         f_eval=f_all[:, N:] if has_eval else None, h_eval=h_all[:, N:] if has_eval else None,
         loss=loss, error_estimate=float(sum(parts.values())), error_parts=parts, method=method,
         solver=choice, stats=stats, depth=spec.grid, H=H, B=main.B.cpu().numpy(),
-        alpha=None if lazy else inp.alpha, eta=inp.eta, rule=rule, config=config)
+        alpha=None if lazy else inp.alpha, eta=inp.eta, rule=rule, diverged_step=diverged_step, config=config)
 
 
 def _mean_run(runs: list[Run]) -> Run:
@@ -127,7 +146,7 @@ def _refine_depth(solve: Callable[[int], LimitResult], depth_nodes) -> LimitResu
     while True:
         res = solve(Q)
         parts = res.error_parts
-        if (depth_nodes != "auto" or Q >= AUTO_DEPTH[1]
+        if (depth_nodes != "auto" or Q >= AUTO_DEPTH[1] or res.diverged
                 or parts["depth_interpolation"] <= max(parts["quadrature"], parts["solver"])):
             return res
         Q = 2 * Q - 1
@@ -204,7 +223,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
                    block: Block | None = None, method: str = "auto", rule: str | RuleOptions | Callable = "auto",
                    fold: bool | None = None, solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
                    backend: str | None = None, X_eval=None, device="cpu", depth_nodes: int | str = "auto",
-                   progress: bool = False, **rule_options) -> LimitResult:
+                   progress: bool = False, max_rhs: int = MAX_RHS, divergence_threshold: float = 1e6,
+                   **rule_options) -> LimitResult:
     """The Neural Mean ODE training dynamics (SPEC §3) over ``steps`` GD steps, with an error estimate.
 
     Arguments:
@@ -231,6 +251,11 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
             ``"auto"``: 33 for the closure, for quadrature 17 raised to 33, 65 while the
             depth-interpolation allowance exceeds the quadrature gap.
         progress: print one line per step to stderr.
+        max_rhs: right-hand-side evaluations allowed per ODE solve; more raises
+            :class:`~meanode.solvers.SolverError` (status ``"max_rhs"``) naming the cap.
+        divergence_threshold: the trainer's rule (SPEC §7): a forward state that becomes non-finite
+            or whose RMS exceeds this stops the computation; ``result.diverged_step`` says where, the
+            records from there on and the error estimate are NaN.
 
     Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` estimates the max-abs
     output error: quadrature gap between ``level`` and ``coarse`` (or 3 RQMC standard errors),
@@ -238,7 +263,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     """
     t0 = time.perf_counter()
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=alpha, eta=eta, steps=steps, rtol=rtol, atol=atol,
-                        device=device, depth_nodes=depth_nodes, block=block, activation=activation)
+                        device=device, depth_nodes=depth_nodes, block=block, activation=activation,
+                        max_rhs=max_rhs, divergence_threshold=divergence_threshold)
     block = inp.block
     method = resolve_method(method, block)
     if method != "quadrature" and (rule != "auto" or rule_options or fold is not None):
@@ -246,7 +272,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
         raise TypeError(f"method={method!r} takes no quadrature options, got {given}")
     if method == "lazy":
         return lazy_limit(X, Y, W_E, W_U, eta=eta, steps=steps, block=block, solver=solver, rtol=rtol, atol=atol,
-                          backend=backend, X_eval=X_eval, device=device, depth_nodes=depth_nodes, progress=progress)
+                          backend=backend, X_eval=X_eval, device=device, depth_nodes=depth_nodes, progress=progress,
+                          max_rhs=max_rhs, divergence_threshold=divergence_threshold)
     if method == "closure" and not block.closure_exact:
         raise ValueError("method='closure' is exact only for the 2LP block with activation='identity'")
     be, choice, note = choose_backend(solver, backend, block, inp.device)
@@ -282,7 +309,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
 
 def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tanh", block: Block | None = None,
                solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12, backend: str | None = None,
-               X_eval=None, device="cpu", depth_nodes: int | str = "auto", progress: bool = False) -> LimitResult:
+               X_eval=None, device="cpu", depth_nodes: int | str = "auto", progress: bool = False,
+               max_rhs: int = MAX_RHS, divergence_threshold: float = 1e6) -> LimitResult:
     """The lazy (alpha -> infinity) limit: the kernel ODE of SPEC §4.2 over ``steps`` steps.
 
     ``theta`` comes from the block's activation (``block.lazy_activation``, its
@@ -293,7 +321,8 @@ def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tan
     """
     t0 = time.perf_counter()
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=1.0, eta=eta, steps=steps, rtol=rtol, atol=atol,
-                        device=device, depth_nodes=depth_nodes, block=block, activation=activation)
+                        device=device, depth_nodes=depth_nodes, block=block, activation=activation,
+                        max_rhs=max_rhs, divergence_threshold=divergence_threshold)
     if inp.block.lazy_activation is None:
         raise ValueError(f"{inp.block!r} has no lazy limit (it declares no lazy_activation with a kernel)")
     Q = CHEAP_DEPTH if depth_nodes == "auto" else depth_nodes

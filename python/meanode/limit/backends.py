@@ -35,7 +35,9 @@ class RunSpec:
     """Everything one run needs (checked tensors, float64, on one device).
 
     X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out), X_eval (N_eval, d_in) or None;
-    block; alpha, eta, K; choice (the solver); rtol, atol; grid (depth nodes); progress.
+    block; alpha, eta, K; choice (the solver); rtol, atol; grid (depth nodes); progress;
+    max_rhs (right-hand-side evaluations allowed per solve) and divergence_threshold (the largest RMS
+    of a forward state before the run counts as diverged; see :func:`~meanode.limit.engine.run_limit`).
     """
 
     X: torch.Tensor
@@ -52,6 +54,8 @@ class RunSpec:
     atol: float
     grid: DepthGrid
     progress: bool = False
+    max_rhs: int | None = None
+    divergence_threshold: float | None = None
 
     def with_grid(self, Q: int) -> "RunSpec":
         return dataclasses.replace(self, grid=DepthGrid(Q))
@@ -90,7 +94,7 @@ class EngineBackend:
         else:
             raise ValueError(f"unknown run kind {kind!r}; one of {KINDS}")
         run = run_limit(dyn, spec.X, spec.Y, spec.W_E, spec.W_U, spec.X_eval, spec.K, spec.choice, spec.rtol,
-                        spec.atol, spec.grid, spec.progress)
+                        spec.atol, spec.grid, spec.progress, spec.max_rhs, spec.divergence_threshold)
         return dataclasses.replace(run, choice=spec.choice)
 
 

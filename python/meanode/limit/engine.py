@@ -24,7 +24,7 @@ import time
 import torch
 from torch import Tensor
 
-from ..solvers import ODEStats, SolverChoice, integrate
+from ..solvers import ODEStats, SolverChoice, SolverError, integrate
 from .depth import DepthGrid
 from .result import Run
 
@@ -54,11 +54,16 @@ class Dynamics:
 
 def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_eval: Tensor | None,
               K: int, choice: SolverChoice, rtol: float, atol: float, grid: DepthGrid,
-              progress: bool = False) -> Run:
+              progress: bool = False, max_rhs: int | None = None, divergence_threshold: float | None = None) -> Run:
     """Drive ``dyn`` through K steps; returns the :class:`~meanode.limit.result.Run`: tensors
     ``H (K+1, Q, n, D)``, ``B (K, Q, N, D)``, ``f (K+1, n, d_out)``, the summed :class:`ODEStats`
     and ``depth_tail``, the largest relative Chebyshev tail of any trajectory (its interpolation
-    error relative to its size)."""
+    error relative to its size).
+
+    Divergence (the trainer's rule, SPEC §7): when the forward state of step k becomes non-finite
+    or its RMS exceeds ``divergence_threshold``, the loop stops; ``diverged_step = k`` and every
+    record from step k on is NaN (never a number). ``max_rhs`` caps the right-hand-side
+    evaluations of each solve (a :class:`~meanode.solvers.SolverError` naming the cap)."""
     t0 = time.perf_counter()
     N, D = X.shape[0], W_E.shape[0]
     X_all = X if X_eval is None else torch.cat([X, X_eval])
@@ -67,8 +72,17 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
     stats = ODEStats()
     Hs, Bs, fs = [], [], []
     tail = 0.0
+    diverged_step = -1
     for k in range(K + 1):
-        H, st = integrate(dyn.forward, h0, 0.0, 1.0, s_fwd, choice, rtol, atol)
+        try:
+            H, st = integrate(dyn.forward, h0, 0.0, 1.0, s_fwd, choice, rtol, atol, max_rhs, divergence_threshold)
+        except SolverError as e:
+            if e.status != "diverged":
+                raise
+            diverged_step = k
+            if progress:
+                print(f"  [{dyn.name}] step {k}/{K}: diverged ({e})", file=sys.stderr, flush=True)
+            break
         stats.add(st)
         f = H[-1] @ W_U / D
         Hs.append(H)
@@ -86,12 +100,20 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         def adjoint(s, b, H_train=H_train):
             return dyn.adjoint(s, grid.interp(H_train, s), b)
 
-        B_rev, st = integrate(adjoint, b1, 1.0, 0.0, s_bwd, choice, rtol, atol)
+        B_rev, st = integrate(adjoint, b1, 1.0, 0.0, s_bwd, choice, rtol, atol, max_rhs)
         stats.add(st)
         B = B_rev.flip(0)
         Bs.append(B)
         tail = max(tail, grid.relative_tail(B))
         dyn.update(H_train, B)
     stats.wall_time = time.perf_counter() - t0
+    n, d_out = h0.shape[0], W_U.shape[1]
+    nan = float("nan")
+    while len(Hs) < K + 1:  # after a divergence: NaN, never zeros
+        Hs.append(torch.full((grid.Q, n, D), nan, dtype=h0.dtype, device=h0.device))
+        fs.append(torch.full((n, d_out), nan, dtype=h0.dtype, device=h0.device))
+    while len(Bs) < K:
+        Bs.append(torch.full((grid.Q, N, D), nan, dtype=h0.dtype, device=h0.device))
     B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, D), dtype=h0.dtype, device=h0.device)
-    return Run(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail)
+    return Run(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail,
+               diverged_step=diverged_step)

@@ -29,7 +29,9 @@ class Run:
     B: (K, Q, N, D) ``b_k`` at the depth nodes; f: (K+1, n, d_out) outputs;
     stats: the summed solver work; depth_tail: the largest relative Chebyshev tail of any
     trajectory (its interpolation error relative to its size); choice: the solver that ran
-    (set by the backend: Julia names the OrdinaryDiffEq method it used).
+    (set by the backend: Julia names the OrdinaryDiffEq method it used); diverged_step: the step
+    whose forward state became non-finite or exceeded the divergence threshold (its records and
+    all later ones NaN), -1 if none.
     """
 
     H: Tensor
@@ -38,6 +40,7 @@ class Run:
     stats: ODEStats
     depth_tail: float
     choice: SolverChoice | None = None
+    diverged_step: int = -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +54,8 @@ class LimitResult:
     H: (K+1, Q, n, D) ``h_k`` at the depth nodes (training inputs first, then held-out ones);
     B: (K, Q, N, D) ``b_k`` at the depth nodes. Use :meth:`h_at` / :meth:`b_at` for any s.
     solver: the solver that ran; stats: RHS evaluations, steps, Jacobians, solves, wall time.
+    diverged_step: the step from which the records are NaN (the forward state became non-finite or
+    its RMS exceeded the divergence threshold, the trainer's rule), -1 if it never diverged.
     alpha (None for the lazy limit), eta: the dynamics; rule: the quadrature options that ran
     (a :class:`~meanode.limit.options.RuleOptions` with every default filled in), or None.
     config: provenance (every setting, as a plain dict for files and reports); the package
@@ -73,7 +78,14 @@ class LimitResult:
     alpha: float | None = None
     eta: float = 0.0
     rule: Any = None
+    diverged_step: int = -1
     config: dict = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        """True when the dynamics diverged (SPEC §7): records from ``diverged_step`` on are NaN and
+        the error estimate is NaN."""
+        return self.diverged_step >= 0
 
     @property
     def steps(self) -> int:

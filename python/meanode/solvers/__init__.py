@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import warnings
 
-from .base import ODEStats, SolverChoice, SolverError
+from .base import ODEStats, SolverChoice, SolverError, check_progress
 
-__all__ = ["SolverChoice", "ODEStats", "SolverError", "resolve_solver", "warn_if_remapped", "integrate", "SCIPY_METHODS",
-           "BACKENDS"]
+__all__ = ["SolverChoice", "ODEStats", "SolverError", "check_progress", "resolve_solver", "warn_if_remapped",
+           "integrate", "SCIPY_METHODS", "BACKENDS"]
 
 SCIPY_METHODS = {
     "DOP853": "DOP853", "Vern7": "DOP853", "Vern8": "DOP853", "Vern9": "DOP853",
@@ -83,14 +83,17 @@ def warn_if_remapped(choice: SolverChoice) -> None:
                       f"{choice.backend}:{choice.method} runs instead (the nearest method)", stacklevel=4)
 
 
-def integrate(rhs, y0, t0: float, t1: float, t_eval, choice: SolverChoice, rtol: float, atol: float):
+def integrate(rhs, y0, t0: float, t1: float, t_eval, choice: SolverChoice, rtol: float, atol: float,
+              max_rhs: int | None = None, bound: float | None = None):
     """Solve ``dy/dt = rhs(t, y)`` from ``t0`` to ``t1`` (either direction) and return
     ``(Y, stats)`` with ``Y (len(t_eval), *y0.shape)`` the solution at ``t_eval`` (ordered from
-    t0 towards t1; every point must lie in the interval). Raises :class:`SolverError`."""
+    t0 towards t1; every point must lie in the interval). Raises :class:`SolverError`; with
+    ``max_rhs`` / ``bound`` also when the solve uses more right-hand-side evaluations than that
+    (status ``"max_rhs"``) or the state's RMS exceeds ``bound`` (status ``"diverged"``)."""
     if choice.backend == "scipy":
         from .scipy_backend import integrate_scipy
-        return integrate_scipy(rhs, y0, t0, t1, t_eval, choice, rtol, atol)
+        return integrate_scipy(rhs, y0, t0, t1, t_eval, choice, rtol, atol, max_rhs, bound)
     if choice.backend == "torch":
         from .torch_rk import integrate_torch
-        return integrate_torch(rhs, y0, t0, t1, t_eval, choice, rtol, atol)
+        return integrate_torch(rhs, y0, t0, t1, t_eval, choice, rtol, atol, max_rhs, bound)
     raise ValueError(f"backend {choice.backend!r} does not integrate single ODEs from Python")  # pragma: no cover

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SolverChoice", "ODEStats", "SolverError"]
+__all__ = ["SolverChoice", "ODEStats", "SolverError", "check_progress"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,22 @@ class SolverError(RuntimeError):
     def __init__(self, choice: SolverChoice, status, message: str, t: float):
         self.choice, self.status, self.t = choice, status, t
         super().__init__(f"ODE solver {choice} failed at s = {t:.6g} with return code {status!r}: {message}")
+
+
+def check_progress(choice: SolverChoice, y, t: float, nfev: int, max_rhs: int | None, bound: float | None) -> None:
+    """After a solver step: raise :class:`SolverError` with status ``"max_rhs"`` when the solve has
+    used more than ``max_rhs`` right-hand-side evaluations, ``"diverged"`` when the state is
+    non-finite or its RMS exceeds ``bound`` (the trainer's divergence rule, SPEC §7)."""
+    if max_rhs is not None and nfev > max_rhs:
+        raise SolverError(choice, "max_rhs", f"more than max_rhs = {max_rhs} right-hand-side evaluations in one "
+                          "solve (raise max_rhs, or the trajectory is exploding: a smaller eta)", t)
+    if bound is not None:
+        import math
+        if hasattr(y, "detach"):  # a tensor: one scalar crosses to the host
+            rms = float(y.detach().pow(2).mean().sqrt()) if y.numel() else 0.0
+        else:
+            import numpy as np
+            rms = float(np.sqrt(np.mean(np.square(y)))) if np.size(y) else 0.0
+        if not math.isfinite(rms) or rms > bound:
+            raise SolverError(choice, "diverged", f"the state's RMS reached {rms:.3g} > divergence_threshold = "
+                              f"{bound:g}", t)

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from scipy import integrate as si
 
-from .base import ODEStats, SolverChoice, SolverError
+from .base import ODEStats, SolverChoice, SolverError, check_progress
 
 
 def integrate_scipy(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice: SolverChoice,
-                    rtol: float, atol: float):
+                    rtol: float, atol: float, max_rhs: int | None = None, bound: float | None = None):
     t_start = time.perf_counter()
     shape, dtype, device = y0.shape, y0.dtype, y0.device
     if dtype != torch.float64:
@@ -41,6 +41,7 @@ def integrate_scipy(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice:
         if solver.status == "failed":
             raise SolverError(choice, "failed", str(msg), float(solver.t))
         nsteps += 1
+        check_progress(choice, solver.y, float(solver.t), int(solver.nfev), max_rhs, bound)
         j = i
         while j < len(t_eval) and direction * (t_eval[j] - solver.t) <= 0:
             j += 1

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from .base import ODEStats, SolverChoice, SolverError
+from .base import ODEStats, SolverChoice, SolverError, check_progress
 
 # Dormand–Prince 5(4) tableau (FSAL): nodes c, stages a, 5th-order weights b, b - b_hat as e.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -40,7 +40,7 @@ def _norm(err, y, y_new, rtol, atol) -> float:
 
 
 def integrate_torch(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice: SolverChoice,
-                    rtol: float, atol: float):
+                    rtol: float, atol: float, max_rhs: int | None = None, bound: float | None = None):
     t_start = time.perf_counter()
     t_eval = np.asarray(t_eval, dtype=float)
     direction = 1.0 if t1 >= t0 else -1.0
@@ -90,6 +90,7 @@ def integrate_torch(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice:
             stats.nsteps += 1
             t = float(target) if last else t + hs
             y, k1 = y_new, ks[6]
+            check_progress(choice, y, t, stats.nfev, max_rhs, bound)
             if last:
                 out[i] = y
                 i += 1
@@ -97,6 +98,7 @@ def integrate_torch(rhs, y0: torch.Tensor, t0: float, t1: float, t_eval, choice:
             h = max(step, h) * factor if last else step * factor
         else:
             stats.nrejected += 1
+            check_progress(choice, y, t, stats.nfev, max_rhs, None)
             h = step * max(_MIN_FACTOR, _SAFETY * en ** (-1 / 5))
             if h < 1e-14 * max(1.0, abs(t)):
                 raise SolverError(choice, "dtmin", f"step size {h:.3g} underflow", t)

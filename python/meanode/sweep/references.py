@@ -95,11 +95,16 @@ def _limit(spec: SweepSpec, s: dict, method: str):
     common = dict(activation=s["activation"], rtol=ref.rtol, atol=ref.atol, depth_nodes=ref.depth_nodes,
                   device=device_name(s["device"]) if method == "quadrature" else "cpu")
     if method == "lazy":
-        lim = lazy_limit(**prob.arrays(), eta=s["eta"], steps=s["K"], **common)
+        lim = lazy_limit(**prob.arrays(), eta=s["eta"], steps=s["K"], divergence_threshold=s["divergence_threshold"],
+                         **common)
     else:
         opts = {k: getattr(ref, k) for k in ("level", "coarse", "rule") if getattr(ref, k) is not None}
         lim = mean_ode_limit(**prob.arrays(), alpha=s["alpha_eff"], eta=s["eta"], steps=s["K"], method=method,
-                             **common, **opts)
+                             divergence_threshold=s["divergence_threshold"], **common, **opts)
+    if lim.diverged:
+        from ..solvers import SolverError
+        raise SolverError(lim.solver, "diverged", f"the limit diverged at step {lim.diverged_step} (the trainer's "
+                          "rule: a non-finite state or an RMS above the divergence threshold)", 1.0)
     arrays = dict(f=lim.f, h=lim.h, f_eval=lim.f_eval, h_eval=lim.h_eval)
     return arrays, float(lim.error_estimate), {k: float(v) for k, v in lim.error_parts.items()}, lim.method
 

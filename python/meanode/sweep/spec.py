@@ -46,8 +46,13 @@ class SweepError(RuntimeError):
     """Some points of a sweep failed; the completed ones are on disk and a rerun resumes."""
 
 
+#: the longest message of a SweepSpecError (a bad value's repr can be huge)
+MAX_MESSAGE = 400
+
+
 def _err(source: str, fieldname: str, msg: str) -> SweepSpecError:
-    return SweepSpecError(f"{source}: {fieldname}: {msg}")
+    text = f"{source}: {fieldname}: {msg}"
+    return SweepSpecError(text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "...")
 
 
 def _check_value(source: str, fieldname: str, key: str, value):
