@@ -70,7 +70,7 @@ def test_default_rule_is_a_pilot_oriented_lattice_up_to_eight_unit_dimensions(pr
     res = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, method="quadrature", level=6)
     cfg = res.config
     assert (cfg["rule"], cfg["orient"], cfg["pilot_level"], cfg["spacing"]) == ("lattice", "pilot", 4, 3.0)
-    assert res.method == "quadrature/lattice(6 vs 5)"
+    assert res.method == "quadrature/lattice(6 vs 5) x 2 rotations"
     ident = mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, method="quadrature", activation="identity",
                            level=4)
     assert ident.config["orient"] == "screened" and "pilot_level" not in ident.config

@@ -10,29 +10,25 @@ objects (:mod:`meanode.limit.options`) that validate themselves and fill in thei
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .._checks import check_problem, integer, nonnegative_int, positive_float, resolve_device
 from ..blocks import Block, TwoLayerBlock, check_block
-from ..solvers import ODEStats
-from .backends import Backend, RunSpec, choose_backend
+from .backends import RunSpec, choose_backend
 from .depth import DepthGrid
-from .options import RQMC, Lattice, RuleFamily, RuleOptions, Smolyak, as_rule
-from .result import LimitResult, Run
+from .estimate import package, quadrature_limit
+from .options import RuleFamily, RuleOptions, Smolyak, as_rule
+from .result import LimitResult
 
 __all__ = ["mean_ode_limit", "lazy_limit", "resolve_method", "METHODS"]
 
 METHODS = ("auto", "closure", "quadrature", "lazy")
-#: depth_nodes="auto": start here and double (2Q - 1, nested Chebyshev-Lobatto nodes) while the
-#: depth-interpolation allowance exceeds the quadrature part, up to the maximum
-AUTO_DEPTH = (17, 65)
 #: depth nodes of the exact closure and of the lazy ODE with depth_nodes="auto" (cheap to solve)
 CHEAP_DEPTH = 33
 #: right-hand-side evaluations allowed per ODE solve by default (a normal solve takes hundreds to
@@ -85,130 +81,6 @@ def _check_inputs(X, Y, W_E, W_U, X_eval, *, alpha, eta, steps, rtol, atol, devi
                    divergence_threshold)
 
 
-def _solver_error(f: np.ndarray, rtol: float, atol: float) -> float:
-    """Global error allowance of an adaptive solve: 10 x the local tolerance at the output scale."""
-    return 10.0 * (rtol * float(np.max(np.abs(f))) + atol)
-
-
-def _finish(inp: _Inputs, spec: RunSpec, runs: list[Run], combined: Run | None, method: str, parts: dict,
-            config: dict, t0: float, rule: RuleOptions | None = None, lazy: bool = False) -> LimitResult:
-    """Package ``combined`` (default ``runs[0]``) with the error ``parts`` measured from ``runs``;
-    the depth and solver allowances are added here."""
-    stats = ODEStats()
-    for r in runs:
-        stats.add(r.stats)
-    stats.wall_time = time.perf_counter() - t0
-    main = runs[0] if combined is None else combined
-    N = inp.X.shape[0]
-    H = main.H.cpu().numpy()
-    f_all = main.f.cpu().numpy()
-    h_all = H[:, -1]
-    diverged = [r.diverged_step for r in runs if r.diverged_step >= 0]
-    diverged_step = min(diverged) if diverged else -1
-    parts = dict(parts)
-    if diverged:  # nothing honest to say about the error of a diverged limit
-        parts = {k: float("nan") for k in parts}
-        if diverged_step < f_all.shape[0]:
-            f_all[diverged_step:] = np.nan
-            H[diverged_step:] = np.nan
-            h_all = H[:, -1]
-    finite = f_all[np.isfinite(f_all)]
-    parts["depth_interpolation"] = (max(r.depth_tail for r in runs) * float(np.max(np.abs(finite)))
-                                    if finite.size and not diverged else float("nan"))
-    parts["solver"] = _solver_error(finite, inp.rtol, inp.atol) if finite.size and not diverged else float("nan")
-    loss = 0.5 * np.sum((f_all[:, :N] - inp.Y.cpu().numpy()) ** 2, axis=(1, 2)) / N
-    has_eval = f_all.shape[1] > N
-    choice = runs[0].choice or spec.choice
-    config = dict(config, backend=choice.backend, depth_nodes=spec.grid.Q)
-    return LimitResult(
-        f=f_all[:, :N], h=h_all[:, :N],
-        f_eval=f_all[:, N:] if has_eval else None, h_eval=h_all[:, N:] if has_eval else None,
-        loss=loss, error_estimate=float(sum(parts.values())), error_parts=parts, method=method,
-        solver=choice, stats=stats, depth=spec.grid, H=H, B=main.B.cpu().numpy(),
-        alpha=None if lazy else inp.alpha, eta=inp.eta, rule=rule, diverged_step=diverged_step, config=config)
-
-
-def _mean_run(runs: list[Run]) -> Run:
-    """The replicate mean of every trajectory (RQMC): ``f``, ``H``, ``B`` averaged alike, so the
-    result's ``h`` belongs to its ``f`` (``f = W_U^T h / D`` is linear)."""
-    mean = lambda name: torch.stack([getattr(r, name) for r in runs]).mean(0)  # noqa: E731
-    return Run(H=mean("H"), B=mean("B"), f=mean("f"), stats=ODEStats(), depth_tail=max(r.depth_tail for r in runs),
-               choice=runs[0].choice)
-
-
-def _refine_depth(solve: Callable[[int], LimitResult], depth_nodes) -> LimitResult:
-    """``solve(Q)`` on Q depth nodes; with ``depth_nodes="auto"`` start at Q = 17 and repeat on
-    2Q - 1 nodes (nested: the old nodes are kept) while the depth-interpolation allowance exceeds
-    the quadrature and solver parts, up to Q = 65. The depth part is a tail of Chebyshev
-    coefficients, known after one solve. Cost ~ Q (the unit states are interpolated in depth at
-    every right-hand side); measured at D = 2: 13 nodes agree with 33 to 1.5e-8, 2.5x cheaper."""
-    Q = AUTO_DEPTH[0] if depth_nodes == "auto" else depth_nodes
-    while True:
-        res = solve(Q)
-        parts = res.error_parts
-        if (depth_nodes != "auto" or Q >= AUTO_DEPTH[1] or res.diverged
-                or parts["depth_interpolation"] <= max(parts["quadrature"], parts["solver"])):
-            return res
-        Q = 2 * Q - 1
-
-
-def _pilot_ridges(inp: _Inputs, backend: Backend, choice, rule: Lattice, var: float, fold: bool, config: dict,
-                  t0: float):
-    """Ridges of a cheap pilot: one lattice run at ~0.6 x the level (no error estimate needed)
-    on the fixed grid of ``AUTO_DEPTH[0]`` nodes (so the orientation does not depend on
-    ``depth_nodes``), whose trajectories give the ridge directions that orient the lattices of the
-    real runs (:mod:`meanode.limit.adapt`)."""
-    from .adapt import ridge_samples
-
-    spec = inp.spec(choice, AUTO_DEPTH[0], False)
-    node_set = rule.family()(rule.pilot_level(), inp.block.dz, var)
-    pilot = backend.run(spec, "quadrature", node_set.fold_odd_symmetry() if fold else node_set)
-    res = _finish(inp, spec, [pilot], None, "pilot", {"quadrature": 0.0}, config, t0, rule)
-    return ridge_samples(res, node_set, block=inp.block, seed=rule.seed)
-
-
-def _quadrature(inp: _Inputs, backend: Backend, choice, rule: RuleOptions, fold: bool, progress: bool,
-                config: dict, t0: float) -> LimitResult:
-    """Quadrature nodes over z ~ mu0 (SPEC §4.3): the ``level`` rule, its error estimated by the gap
-    to the ``coarse`` rule (RQMC: 3 standard errors of the replicate mean)."""
-    block = inp.block
-    var = float(block.variance)
-    prepare = (lambda r: r.fold_odd_symmetry()) if fold else (lambda r: r)
-    if isinstance(rule, RQMC):
-        reps = [prepare(r) for r in rule.replicate_rules(block.dz, var)]
-        config.update(nodes=reps[0].num_nodes)
-
-        def solve(Q: int) -> LimitResult:
-            spec = inp.spec(choice, Q, progress)
-            runs = [backend.run(spec, "quadrature", r) for r in reps]
-            fs = torch.stack([r.f for r in runs])
-            spread = 3.0 * float((fs.std(0, unbiased=True) / math.sqrt(len(runs))).max())
-            return _finish(inp, spec, runs, _mean_run(runs), f"quadrature/{rule.label()}", {"quadrature": spread},
-                           config, t0, rule)
-        return _refine_depth(solve, inp.depth_nodes)
-
-    if isinstance(rule, Lattice):
-        ridges = None
-        if rule.orient == "pilot":
-            ridges = _pilot_ridges(inp, backend, choice, rule, var, fold, dict(config), t0)
-            config.update(pilot_level=rule.pilot_level())
-        family = rule.family(ridges)
-        config.update(spacing=rule.spacing, orient=rule.orient)
-    else:
-        family = rule.family()
-    fine_rule = prepare(family(rule.level, block.dz, var))
-    coarse_rule = prepare(family(rule.coarse, block.dz, var))
-    config.update(coarse=rule.coarse, nodes=fine_rule.num_nodes)
-
-    def solve(Q: int) -> LimitResult:
-        spec = inp.spec(choice, Q, progress)
-        fine, coarse = backend.run(spec, "quadrature", fine_rule), backend.run(spec, "quadrature", coarse_rule)
-        gap = float((fine.f - coarse.f).abs().max())
-        return _finish(inp, spec, [fine, coarse], None, f"quadrature/{rule.label()}", {"quadrature": gap}, config,
-                       t0, rule)
-    return _refine_depth(solve, inp.depth_nodes)
-
-
 def resolve_method(method: str, block: Block) -> str:
     """``method`` checked; ``"auto"`` becomes ``"closure"`` where it is exact (``block.closure_exact``),
     else ``"quadrature"``."""
@@ -224,7 +96,7 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
                    fold: bool | None = None, solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
                    backend: str | None = None, X_eval=None, device="cpu", depth_nodes: int | str = "auto",
                    progress: bool = False, max_rhs: int = MAX_RHS, divergence_threshold: float = 1e6,
-                   **rule_options) -> LimitResult:
+                   tol: float | None = None, max_time: float | None = None, **rule_options) -> LimitResult:
     """The Neural Mean ODE training dynamics (SPEC §3) over ``steps`` GD steps, with an error estimate.
 
     Arguments:
@@ -256,10 +128,16 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
         divergence_threshold: the trainer's rule (SPEC §7): a forward state that becomes non-finite
             or whose RMS exceeds this stops the computation; ``result.diverged_step`` says where, the
             records from there on and the error estimate are NaN.
+        tol, max_time (quadrature): accuracy on request: the rule is refined until both estimates
+            (``f`` and ``h``) are at most ``tol``, or until the next level would not finish within
+            ``max_time`` seconds; ``result.tol_met`` says which (:mod:`meanode.limit.estimate`).
 
-    Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` estimates the max-abs
-    output error: quadrature gap between ``level`` and ``coarse`` (or 3 RQMC standard errors),
-    plus depth-interpolation and solver allowances (``error_parts``).
+    Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` and
+    ``h_error_estimate`` estimate the max-abs errors of ``f`` and ``h``: the quadrature part
+    (the largest of the gap to the ``coarse`` level and the spread of the independent rotations
+    at the ``level``; RQMC: 3 standard errors), plus depth-interpolation and solver allowances
+    (``error_parts``, ``h_error_parts``). Estimates, not proven bounds: see
+    ``docs/error_estimates.md`` for how they were checked.
     """
     t0 = time.perf_counter()
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=alpha, eta=eta, steps=steps, rtol=rtol, atol=atol,
@@ -285,7 +163,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     if method == "closure":
         Q = CHEAP_DEPTH if depth_nodes == "auto" else depth_nodes
         spec = inp.spec(choice, Q, progress)
-        return _finish(inp, spec, [be.run(spec, "closure")], None, "closure", {"quadrature": 0.0}, config, t0)
+        run = be.run(spec, "closure")
+        return package(inp, spec, [run], run, "closure", ({"quadrature": 0.0}, {"quadrature": 0.0}), config, t0)
 
     if block.variance is None:
         raise ValueError(f"quadrature needs mu0 = N(0, variance I): {block!r} declares no variance")
@@ -298,13 +177,15 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
         fold = block.odd_symmetric
     elif fold and not block.odd_symmetric:
         raise ValueError("fold=True needs a block whose dynamics commute with z -> -z (odd sigma)")
-    config.update(rule=getattr(ropt.fn, "__name__", "family") if isinstance(ropt, RuleFamily) else ropt.name,
-                  level=ropt.level)
-    if isinstance(ropt, RQMC):
-        config.update(replicates=ropt.replicates)
+    config.update(rule=getattr(ropt.fn, "__name__", "family") if isinstance(ropt, RuleFamily) else ropt.name)
+    if tol is not None:
+        tol = positive_float("tol", tol)
+    if max_time is not None:
+        max_time = positive_float("max_time", max_time)
+    res = quadrature_limit(inp, be, choice, ropt, bool(fold), progress, config, t0, tol=tol, max_time=max_time)
     if note is not None and hasattr(be, "note"):
-        config["backend_note"] = be.note
-    return _quadrature(inp, be, choice, ropt, bool(fold), progress, config, t0)
+        res.config["backend_note"] = be.note
+    return res
 
 
 def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tanh", block: Block | None = None,
@@ -332,6 +213,13 @@ def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tan
     config = dict(eta=inp.eta, steps=inp.K, D=inp.W_E.shape[0], N=inp.X.shape[0], activation=act.name,
                   rtol=inp.rtol, atol=inp.atol, device=str(inp.device))
     run = be.run(spec, "lazy")
+    runs = [run]
+    kparts = ({"kernel": 0.0}, {"kernel": 0.0})
+    if not act.closed_form_kernel:  # the kernel is a quadrature: measure it against twice the resolution
+        fine = be.run(dataclasses.replace(spec, kernel_refine=2.0), "lazy")
+        runs.append(fine)
+        kparts = ({"kernel": float((fine.f - run.f).abs().max())},
+                  {"kernel": float((fine.H[:, -1] - run.H[:, -1]).abs().max())})
     if note:
         config["backend_note"] = getattr(be, "note", note)
-    return _finish(inp, spec, [run], None, "lazy", {"kernel": 1e-12}, config, t0, lazy=True)
+    return package(inp, spec, runs, run, "lazy", kparts, config, t0, lazy=True)

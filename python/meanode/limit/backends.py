@@ -37,7 +37,8 @@ class RunSpec:
     X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out), X_eval (N_eval, d_in) or None;
     block; alpha, eta, K; choice (the solver); rtol, atol; grid (depth nodes); progress;
     max_rhs (right-hand-side evaluations allowed per solve) and divergence_threshold (the largest RMS
-    of a forward state before the run counts as diverged; see :func:`~meanode.limit.engine.run_limit`).
+    of a forward state before the run counts as diverged; see :func:`~meanode.limit.engine.run_limit`);
+    kernel_refine (lazy): the resolution of the kernel's quadrature (2: every step halved).
     """
 
     X: torch.Tensor
@@ -56,6 +57,7 @@ class RunSpec:
     progress: bool = False
     max_rhs: int | None = None
     divergence_threshold: float | None = None
+    kernel_refine: float = 1.0
 
     def with_grid(self, Q: int) -> "RunSpec":
         return dataclasses.replace(self, grid=DepthGrid(Q))
@@ -85,7 +87,7 @@ class EngineBackend:
             dyn = ClosureDynamics(D, spec.alpha, spec.eta, spec.grid, torch.float64, dev)
         elif kind == "lazy":
             from .lazy import LazyDynamics
-            dyn = LazyDynamics(spec.block.lazy_activation, D, spec.eta, spec.grid)
+            dyn = LazyDynamics(spec.block.lazy_activation, D, spec.eta, spec.grid, refine=spec.kernel_refine)
         elif kind == "quadrature":
             from .nodes import NodeDynamics
             z0 = torch.tensor(rule.nodes, dtype=torch.float64, device=dev)

@@ -27,9 +27,10 @@ class LazyDynamics(Dynamics):
 
     name = "lazy"
 
-    def __init__(self, activation, D: int, eta: float, grid: DepthGrid):
-        """``activation``: an :class:`~meanode.activations.Activation` with a lazy kernel (or its name)."""
-        self.activation, self.D, self.eta, self.grid = activation, D, eta, grid
+    def __init__(self, activation, D: int, eta: float, grid: DepthGrid, refine: float = 1.0):
+        """``activation``: an :class:`~meanode.activations.Activation` with a lazy kernel (or its name);
+        ``refine``: the kernel quadrature's resolution (:func:`~meanode.limit.kernels.theta`)."""
+        self.activation, self.D, self.eta, self.grid, self.refine = activation, D, eta, grid, refine
         self.Hh: Tensor | None = None
         self.Bh: Tensor | None = None
 
@@ -37,7 +38,7 @@ class LazyDynamics(Dynamics):
         if self.Hh is None:
             return torch.zeros_like(h)
         Hs, Bs = self.grid.interp(self.Hh, s), self.grid.interp(self.Bh, s)
-        return -self.eta * self.D * theta(self.activation, h, Hs) @ Bs
+        return -self.eta * self.D * theta(self.activation, h, Hs, refine=self.refine) @ Bs
 
     def forward(self, s, h):
         return self._drift(s, h)

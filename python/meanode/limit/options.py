@@ -51,6 +51,8 @@ class RuleOptions:
     coarse: int | None = None
     seed: int = 0
     name: ClassVar[str] = "rule"
+    #: independent node sets (rotations, scramblings) at the ``level``; 1 for deterministic rules
+    replicates: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         _opt_int("level", self.level, 1)
@@ -75,9 +77,17 @@ class RuleOptions:
         """``rule(level, d, var) -> Rule``."""
         raise NotImplementedError
 
+    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None) -> q.Rule:
+        """The ``replicate``-th independent node set of ``level`` (deterministic rules: replicate 0 only)."""
+        return self.family()(level, dz, var)
+
     def num_nodes(self, dz: int) -> int:
-        """Node count of the ``level`` rule before folding (resolved options)."""
+        """Node count of the ``level`` rule before folding (resolved options), one replicate."""
         return self.family()(self.level, dz, 1.0).num_nodes
+
+    def refined(self, block) -> "RuleOptions":
+        """The next finer options (``tol=``): the ``level`` becomes the ``coarse`` one."""
+        return dataclasses.replace(self, level=self.level + 1, coarse=self.level)
 
     def label(self) -> str:
         return f"{self.name}({self.level} vs {self.coarse})"
@@ -93,15 +103,18 @@ class Lattice(RuleOptions):
     a cheap run at ~0.6 x the level finds the directions of the integrand's ridges and each level's
     rotation is the one of 32 that aliases them least, :mod:`meanode.limit.adapt`) or
     ``"screened"`` (rotations screened against the u/v coordinate planes only; the default
-    otherwise).
+    otherwise). replicates: independent rotations at the ``level`` (default 2): the result is their
+    mean and their spread enters the error estimate beside the gap to the ``coarse`` level.
     """
 
     spacing: float | None = None
     orient: str | None = None
+    replicates: int = 2
     name: ClassVar[str] = "lattice"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        integer("replicates", self.replicates, 1)
         if self.spacing is not None:
             real("spacing", self.spacing, minimum=0.0, strict=True)
         if self.orient is not None and self.orient not in ORIENTS:
@@ -126,8 +139,15 @@ class Lattice(RuleOptions):
     def family(self, ridges=None) -> Callable[[int, int, float], q.Rule]:
         return q.lattice_family(self.spacing, seed=self.seed, ridges=ridges)
 
+    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None) -> q.Rule:
+        return self.family(ridges)(level, dz, var, replicate=replicate)
+
     def num_nodes(self, dz: int) -> int:
         return q.lattice_size(self.spacing / self.level, dz)
+
+    def refined(self, block) -> "Lattice":
+        """Step ``h`` shrunk by 1.25 (the node count grows by 1.25^dz)."""
+        return dataclasses.replace(self, level=max(self.level + 1, round(1.25 * self.level)), coarse=self.level)
 
     def pilot_level(self) -> int:
         """The level of the pilot run that orients the rotations (``orient="pilot"``)."""
@@ -156,6 +176,10 @@ class GaussHermite(RuleOptions):
 
     def num_nodes(self, dz: int) -> int:
         return self.level ** dz
+
+    def refined(self, block) -> "GaussHermite":
+        level = self.level + 2
+        return dataclasses.replace(self, level=level, coarse=self.default_coarse(level))
 
 
 @dataclass(frozen=True)
@@ -188,8 +212,13 @@ class RQMC(RuleOptions):
     def resolve(self, block) -> "RQMC":
         return dataclasses.replace(self, level=self.level if self.level is not None else 14)
 
-    def replicate_rules(self, dz: int, var: float) -> list[q.Rule]:
-        return q.rqmc_replicates(2 ** self.level, dz, var, n_rep=self.replicates, seed=self.seed)
+    def replicate_rules(self, dz: int, var: float, level: int | None = None) -> list[q.Rule]:
+        level = self.level if level is None else level
+        return q.rqmc_replicates(2 ** level, dz, var, n_rep=self.replicates, seed=self.seed)
+
+    def refined(self, block) -> "RQMC":
+        """Twice the nodes per replicate (the standard error falls by about sqrt(2), or faster)."""
+        return dataclasses.replace(self, level=self.level + 1)
 
     def family(self):
         return lambda level, d, var: q.rqmc(2 ** level, d, var, seed=self.seed)

@@ -49,8 +49,12 @@ class LimitResult:
 
     f: (K+1, N, d_out), h: (K+1, N, D) with ``h = h_k(1, x)``; f_eval, h_eval on held-out inputs.
     loss: (K+1,).
-    error_estimate: an estimate of the max-abs error of ``f`` (all steps, samples, outputs), the
-        sum of ``error_parts`` (quadrature gap or spread, depth interpolation, solver tolerance).
+    error_estimate: an estimate (not a proven bound) of the max-abs error of ``f`` (all steps,
+        samples, outputs), the sum of ``error_parts`` (quadrature gap or spread, depth
+        interpolation, solver tolerance; :mod:`meanode.limit.estimate`).
+    h_error_estimate, h_error_parts: the same for ``h`` (max-abs over steps, samples, coordinates).
+    verified: False when the rule's convergence check failed (``warnings`` says why).
+    tol, tol_met: the tolerance asked for (``tol=``) and whether both estimates meet it.
     H: (K+1, Q, n, D) ``h_k`` at the depth nodes (training inputs first, then held-out ones);
     B: (K, Q, N, D) ``b_k`` at the depth nodes. Use :meth:`h_at` / :meth:`b_at` for any s.
     solver: the solver that ran; stats: RHS evaluations, steps, Jacobians, solves, wall time.
@@ -69,6 +73,8 @@ class LimitResult:
     loss: np.ndarray
     error_estimate: float
     error_parts: dict
+    h_error_estimate: float
+    h_error_parts: dict
     method: str
     solver: SolverChoice
     stats: ODEStats
@@ -79,6 +85,10 @@ class LimitResult:
     eta: float = 0.0
     rule: Any = None
     diverged_step: int = -1
+    verified: bool = True
+    warnings: tuple = ()
+    tol: float | None = None
+    tol_met: bool | None = None
     config: dict = field(default_factory=dict)
 
     @property
@@ -104,13 +114,25 @@ class LimitResult:
                 f"error_estimate={self.error_estimate:.2e}, solver='{self.solver}')")
 
     def summary(self) -> str:
-        """A few lines: method, solver, the error estimate and its parts, the work done."""
-        parts = ", ".join(f"{k} {v:.1e}" for k, v in self.error_parts.items())
+        """A few lines: method, solver, the error estimates and their parts, checks, the work done."""
+        fparts = ", ".join(f"{k} {v:.1e}" for k, v in self.error_parts.items())
+        hparts = ", ".join(f"{k} {v:.1e}" for k, v in self.h_error_parts.items())
         st = self.stats
-        return (f"{self.method}: K={self.steps}, loss {self.loss[0]:.6f} -> {self.loss[-1]:.6f}\n"
-                f"  output error estimate {self.error_estimate:.2e} (max-abs; {parts})\n"
-                f"  solver {self.solver}: {st.nfev} RHS evaluations, {st.nsteps} steps, "
-                f"{st.njev} Jacobians, {st.nsolves} solves, {st.wall_time:.2f} s")
+        lines = [f"{self.method}: K={self.steps}, loss {self.loss[0]:.6f} -> {self.loss[-1]:.6f}",
+                 f"  output error estimate {self.error_estimate:.2e} (max-abs over steps, samples, outputs; {fparts})",
+                 f"  hidden error estimate {self.h_error_estimate:.2e} (max-abs of h_k(1, x); {hparts})",
+                 f"  solver {self.solver}: {st.nfev} RHS evaluations, {st.nsteps} steps, "
+                 f"{st.njev} Jacobians, {st.nsolves} solves, {st.wall_time:.2f} s"]
+        if self.solver.method != self.solver.requested:
+            lines.append(f"  note: solver {self.solver.requested!r} was mapped to {self.solver.backend}:{self.solver.method}")
+        if self.tol is not None:
+            lines.append(f"  tol {self.tol:g}: {'met' if self.tol_met else 'NOT met'}")
+        if self.diverged:
+            lines.append(f"  DIVERGED at step {self.diverged_step}: records from there on are NaN")
+        if not self.verified:
+            lines.append("  UNVERIFIED: the convergence check failed")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
     def h_at(self, s, k: int | None = None) -> np.ndarray:
         """``h_k(s, x)``: ``(S, n, D)`` for s of shape (S,), or ``(n, D)`` for a scalar;

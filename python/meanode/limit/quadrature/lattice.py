@@ -341,17 +341,19 @@ def lattice_family(spacing: float = 3.0, *, kind: str = "auto", stretch: float |
     """A rule family ``rule(level, d, var)`` for :func:`meanode.limit.mean_ode_limit`:
     :func:`lattice` with step ``h = spacing / level`` (level 10 -> h = 0.3) and a rotation
     screened from seed ``(seed, level)``, so that two levels have independent orientations
-    (their gap then measures the error rather than a shared aliasing term). ``ridges``,
+    (their gap then measures the error rather than a shared aliasing term); ``replicate = r > 0``
+    gives further independent rotations of the same level (seed ``(seed, level, r)``). ``ridges``,
     ``candidates``: orient each level by a pilot run's ridges (see :func:`lattice`).
     """
     spacing = float(spacing)
     if not (math.isfinite(spacing) and spacing > 0):
         raise ValueError(f"spacing must be a positive number; got {spacing!r}")
 
-    def rule(level: int, d: int, var: float) -> Rule:
+    def rule(level: int, d: int, var: float, replicate: int = 0) -> Rule:
         level = _check_int(level, "level", 1)
+        rseed = (int(seed), level) if replicate == 0 else (int(seed), level, int(replicate))
         return lattice(spacing / level, d, var, kind=kind, stretch=stretch, rotation=rotation,
-                       seed=(int(seed), level), ridges=ridges, candidates=candidates)
+                       seed=rseed, ridges=ridges, candidates=candidates)
 
     rule.__name__ = f"lattice_family(spacing={spacing:g})"
     return rule
