@@ -7,6 +7,7 @@ Finite networks (:func:`train_resnet`) and their limits (:func:`mean_ode_limit`,
 from .blocks import ACTIVATIONS, Activation, Block, TwoLayerBlock, get_activation
 from .data import Problem, coupled_embeddings, default_data
 from .limit import LimitResult, lazy_limit, mean_ode_limit
+from .limit import InfiniteDResult, embedded_closure, infinite_d_limit
 from .resnet import MLU, Scaling, TrainResult, init_weights, resnet_gradient, train_resnet
 from .solvers import SolverError
 
@@ -17,4 +18,5 @@ __all__ = [
     "Problem", "coupled_embeddings", "default_data",
     "MLU", "Scaling", "TrainResult", "init_weights", "resnet_gradient", "train_resnet",
     "LimitResult", "lazy_limit", "mean_ode_limit", "SolverError",
+    "InfiniteDResult", "embedded_closure", "infinite_d_limit",
 ]
