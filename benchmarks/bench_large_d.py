@@ -22,6 +22,9 @@ not depend on the embedding) and the exact fixed-D closure of each embedding
   -1/5 output predicted (on the full 15-value grid the exact model itself gives -0.162 and -0.178);
 * wall times.
 
+Shapes with L M D > ``--max-params`` (default 5e7: only L = M = D = 499 on the default grid) are
+skipped: the trainer holds several copies of the 2 L M D float64 weights (~8 GB per seed there).
+
 A shape where a seed diverged (here: D > L M, e.g. L = M = 10, D = 499) is reported and left out
 of the fits (its errors stay NaN; the published analysis zeroed them, SPEC §8).
 """
@@ -33,10 +36,9 @@ import os
 import time
 import warnings
 
+import meanode as mn
 import numpy as np
 import torch
-
-import meanode as mn
 from meanode import large_d as ld
 from meanode import measure
 from meanode.limit.infinite_d import embedded_closure, infinite_d_limit
@@ -62,18 +64,22 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=5)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--D-max", type=int, default=499)
+    ap.add_argument("--max-params", type=float, default=5e7,
+                    help="skip shapes with L M D above this (the trainer holds ~4 copies of the 2 L M D float64 "
+                         "weights: ~8 GB per seed at L = M = D = 499); 0: no limit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(v, str(args.threads))
     t_start = time.perf_counter()
     sizes = logspace_int(10, args.D_max + 1, args.n_sizes)  # the published grid: 10 .. 499 for D_max = 499
-    shapes = [(int(L), int(M), int(D)) for L in sizes for M in sizes for D in sizes]
+    shapes = [(int(L), int(M), int(D)) for L in sizes for M in sizes for D in sizes
+              if not args.max_params or L * M * D <= args.max_params]
     k, K = args.step, args.steps
     if not 0 <= k <= K:
         raise SystemExit(f"--step must be in 0..--steps, got {k}")
     K_train = K if args.train_all_steps else k
-    print(f"sizes {sizes.tolist()} (L, M, D), {len(shapes)} shapes x {args.seeds} seeds x {args.embed_seeds} "
+    print(f"sizes {sizes.tolist()} (L, M, D; L M D <= {args.max_params:.3g}), {len(shapes)} shapes x {args.seeds} seeds x {args.embed_seeds} "
           f"embeddings, K = {K} (networks trained {K_train} steps), errors at step {k}, {args.threads} threads")
 
     p0 = ld.linear_experiment_problem(1, D_max=args.D_max)
@@ -103,20 +109,23 @@ def main() -> None:
         for i, (L, M, D) in enumerate(shapes):
             p = ld.linear_experiment_problem(D, D_max=args.D_max, embed_seed=e)
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # D > L M: outside the regime, kept as published
-                tr = mn.train_resnet(**p.arrays(), L=L, M=M, alpha=ALPHA, eta=ETA, steps=K_train, activation="identity",
-                                     seeds=range(1000 * e, 1000 * e + args.seeds), record_hidden=True)
+            for j in range(args.seeds):  # one seed at a time: the weights of the largest shapes are GBs
+                seed = 1000 * e + j
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # D > L M: outside the regime, kept as published
+                    tr = mn.train_resnet(**p.arrays(), L=L, M=M, alpha=ALPHA, eta=ETA, steps=K_train,
+                                         activation="identity", seeds=(seed,), record_hidden=True)
+                if tr.diverged.any():
+                    print(f"  diverged: L={L} M={M} D={D} seed {seed} at step {int(tr.diverged_step[0])}")
+                col = e * args.seeds + j
+                a = ld.step_errors(tr, inf, k, p.W_E, p.W_U)
+                b = ld.step_errors(tr, closures[D], k, p.W_E, p.W_U)
+                err["h_max_inf"][i, col], err["h_rms_inf"][i, col], err["f_inf"][i, col] = (
+                    a.hidden_max_mean[0], a.hidden_rms[0], a.output_rms[0])
+                err["h_max_cl"][i, col], err["h_rms_cl"][i, col], err["f_cl"][i, col] = (
+                    b.hidden_max_mean[0], b.hidden_rms[0], b.output_rms[0])
+                del tr
             t_train += time.perf_counter() - t0
-            if tr.diverged.any():
-                print(f"  diverged: L={L} M={M} D={D} seeds {np.flatnonzero(tr.diverged).tolist()}")
-            cols = slice(e * args.seeds, (e + 1) * args.seeds)
-            a = ld.step_errors(tr, inf, k, p.W_E, p.W_U)
-            b = ld.step_errors(tr, closures[D], k, p.W_E, p.W_U)
-            err["h_max_inf"][i, cols], err["h_rms_inf"][i, cols], err["f_inf"][i, cols] = (
-                a.hidden_max_mean, a.hidden_rms, a.output_rms)
-            err["h_max_cl"][i, cols], err["h_rms_cl"][i, cols], err["f_cl"][i, cols] = (
-                b.hidden_max_mean, b.hidden_rms, b.output_rms)
     # a shape with a diverged seed (NaN errors, never zeroed) is left out of the fits, and named
     ok = np.all(np.isfinite(np.stack([v for v in err.values()], axis=2)), axis=(1, 2))
     if not ok.all():

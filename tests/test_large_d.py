@@ -3,10 +3,9 @@ its error definitions, the three-term fits with bootstrap CIs and the best-shape
 
 import dataclasses
 
+import meanode as mn
 import numpy as np
 import pytest
-
-import meanode as mn
 from meanode import large_d as ld
 from meanode.limit import mean_ode_limit
 from meanode.limit.infinite_d import embedded_closure, infinite_d_limit
@@ -51,7 +50,7 @@ def test_step_errors_follow_their_definitions(small):
     """A network whose hidden states are the reference plus a known perturbation: the errors are
     exactly the perturbation's max-over-depth mean |.|, its RMS at s = 1 and the RMS of the
     output shift; NaN (a diverged seed) is kept, not zeroed."""
-    p, train, inf, closure = small
+    p, train, _, closure = small
     L, k = 6, 2
     H = closure.coordinates(p.W_E, p.W_U, s=np.arange(L + 1) / L).h[:, :, :1]  # (K+1, L+1, 1, D)
     rng = np.random.default_rng(0)
@@ -100,8 +99,8 @@ def test_fits_recover_known_coefficients_within_their_bootstrap_intervals():
     reweighting leaves a ~2% bias: measured coverage 80-92% over 40 draws)."""
     g = _logspace_int(10, 499, 5)
     L, M, D = (a.ravel() for a in np.meshgrid(g, g, g, indexing="ij"))
-    hid = lambda L, M, D: np.stack([D / (L * M), 1 / D, 1 / L**2], 1)  # noqa: E731
-    out = lambda L, M, D: np.stack([(D / (L * M)) ** 2, 1 / D], 1)  # noqa: E731
+    hid = lambda L, M, D: np.stack([D / (L * M), 1 / D, 1 / L**2], 1)
+    out = lambda L, M, D: np.stack([(D / (L * M)) ** 2, 1 / D], 1)
     th, to = np.array([0.7, 0.4, 0.2]), np.array([0.7, 0.4])
     rng = np.random.default_rng(0)
     cover_h, cover_o, n = np.zeros(3), np.zeros(2), 20
@@ -136,7 +135,7 @@ def test_best_shape_slopes_of_the_model_on_the_published_grid():
 
 
 def test_bad_input_is_named(small):
-    p, train, inf, closure = small
+    p, train, inf, _ = small
     with pytest.raises(ValueError, match="record_hidden"):
         ld.step_errors(dataclasses.replace(train, hidden=None), inf, 1, p.W_E, p.W_U)
     with pytest.raises(ValueError, match="k must be"):

@@ -128,7 +128,7 @@ def step_errors(train: TrainResult, ref, k: int, W_E, W_U) -> StepErrors:
     if ref.f.shape[0] - 1 < k:
         raise ValueError(f"ref has {ref.f.shape[0] - 1} steps, fewer than k = {k}")
     W_E, W_U = np.asarray(W_E, dtype=float), np.asarray(W_U, dtype=float)
-    E, _, Lp1, N, D = train.hidden.shape
+    _, _, Lp1, N, D = train.hidden.shape
     if W_E.shape[0] != D or W_U.shape[0] != D:
         raise ValueError(f"W_E and W_U must have D = {D} rows (the network's), got {W_E.shape[0]}, {W_U.shape[0]}")
     L = Lp1 - 1
@@ -159,7 +159,8 @@ class ErrorModelFit:
     weights: str
 
     def __str__(self) -> str:
-        return ", ".join(f"{n} = {c:.3g} [{lo:.3g}, {hi:.3g}]" for n, c, (lo, hi) in zip(self.names, self.coef, self.ci))
+        return ", ".join(f"{n} = {c:.3g} [{lo:.3g}, {hi:.3g}]"
+                         for n, c, (lo, hi) in zip(self.names, self.coef, self.ci))
 
 
 _IRLS_ITERATIONS = 4

@@ -234,7 +234,7 @@ def _solve_frames(R: Tensor, X: Tensor, Y: Tensor, X_eval: Tensor | None, alpha:
     and direction for the whole batch). Returns tensors ``A (K+1, Q, B, n, r)``,
     ``Bc (K, Q, B, N, r)``, ``Sigma (K+1, Q, B, 2r, 2r)``, ``f (K+1, B, n, d_out)``, the
     per-frame relative Chebyshev tail ``tail (B,)`` and the :class:`ODEStats`."""
-    Bn, r, d = R.shape
+    Bn, r, _ = R.shape
     N, d_in = X.shape
     RE, RU = R[..., :d_in], R[..., d_in:]
     X_all = X if X_eval is None else torch.cat([X, X_eval])
