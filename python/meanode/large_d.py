@@ -30,7 +30,7 @@ from scipy.optimize import nnls
 from . import measure
 from ._checks import positive_float, positive_int
 from .data import Problem
-from .limit.engine import LimitResult
+from .limit import LimitResult
 from .limit.infinite_d import InfiniteDResult
 from .resnet import TrainResult
 
