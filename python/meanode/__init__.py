@@ -15,6 +15,7 @@ from .activations import ACTIVATIONS, Activation, get_activation
 from .blocks import Block, TwoLayerBlock, check_block
 from .data import Problem, coupled_embeddings, default_data
 from .limit import GaussHermite, Lattice, LimitResult, RQMC, RuleFamily, Smolyak, lazy_limit, mean_ode_limit
+from .limit import InfiniteDResult, embedded_closure, infinite_d_limit
 from .resnet import MLU, Scaling, TrainResult, init_weights, resnet_gradient, train_resnet
 from .solvers import SolverError
 
@@ -26,4 +27,5 @@ __all__ = [
     "MLU", "Scaling", "TrainResult", "init_weights", "resnet_gradient", "train_resnet",
     "LimitResult", "lazy_limit", "mean_ode_limit", "Lattice", "GaussHermite", "Smolyak", "RQMC", "RuleFamily",
     "SolverError",
+    "InfiniteDResult", "embedded_closure", "infinite_d_limit",
 ]
