@@ -31,6 +31,7 @@ import torch
 
 from ._checks import (check_problem, nonnegative_int, positive_float, positive_int, resolve_device,
                       resolve_dtype, warn_outside_regime)
+from . import _trainer_2lp
 from .blocks import Block, TwoLayerBlock
 
 __all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient"]
@@ -227,9 +228,15 @@ def _scalar_or_list(x):
     return x if isinstance(x, float) else x.reshape(-1).tolist()
 
 
-def _kernel(block: Block, z: torch.Tensor) -> _GenericKernel:
-    """The training loops for ``block`` (a fast path for the 2LP block)."""
-    return _TwoLayerKernel(block, z) if type(block) is TwoLayerBlock else _GenericKernel(block, z)
+def _kernel(block: Block, z: torch.Tensor):
+    """The training loops for ``block`` on units ``z (L, E, M, dz)``: for the built-in 2LP block
+    the compiled kernel (numba, CPU) where it can run, else the torch 2LP kernel; any other
+    block the generic one."""
+    if type(block) is not TwoLayerBlock:
+        return _GenericKernel(block, z)
+    if _trainer_2lp.usable(block, z):
+        return _trainer_2lp.NumbaTwoLayerKernel(block, z)
+    return _TwoLayerKernel(block, z)
 
 
 def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Block,
