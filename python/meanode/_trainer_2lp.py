@@ -96,62 +96,84 @@ def _per_member(x, E: int, dtype) -> np.ndarray:
 
 
 class NumbaTwoLayerKernel:
-    """Drop-in for :class:`meanode.resnet._TwoLayerKernel` (same ``params``, ``units``,
-    ``forward``, ``backward``): ``U, V (L, E, M, D)`` stored apart, contiguous; the compiled
-    kernels read and write them in place through numpy views."""
+    """Drop-in for :class:`meanode.resnet._TwoLayerKernel`: the same ``params``, ``units``,
+    ``forward`` and ``backward``.
+
+    ``params = (U, V)``, each of shape ``(L, E, M, D)`` as for the torch kernel, are transposed
+    views of contiguous ``(L, E, D, M)`` storage (the compiled loops run over the M units of a
+    layer); the kernels read and update that storage in place through numpy views.
+    ``torch.zeros_like(p)`` keeps the layout, so gradient targets made that way are filled in
+    place too; a target of any other layout is accumulated through a temporary.
+    """
 
     def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
         if not usable(block, z):
             raise ValueError("NumbaTwoLayerKernel needs numba, a built-in activation and float32/64 units on the CPU")
+        D = block.D
         self.block = block
-        self.params = (z[..., : block.D].contiguous(), z[..., block.D:].contiguous())
+        UT = z[..., :D].transpose(-1, -2).contiguous()  # (L, E, D, M)
+        VT = z[..., D:].transpose(-1, -2).contiguous()
+        self.params = (UT.transpose(-1, -2), VT.transpose(-1, -2))  # (L, E, M, D) views
+        self._np = (UT.numpy(), VT.numpy())
         self._act = ACTIVATION_CODES[block.act.name]
-        self._np = tuple(p.numpy() for p in self.params)
         self._a = self._s = None
         k = _load()
-        L, E, M, D = self.params[0].shape
-        threads = min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)
-        self._threads = threads
-        self._parallel = E > 1 and threads > 1 and E * L * M * D * 10 >= PARALLEL_MIN_WORK
+        L, E, M, _ = self.params[0].shape
+        self._threads = min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)
+        self._parallel = E > 1 and self._threads > 1 and E * L * M * D * 10 >= PARALLEL_MIN_WORK
         mode = "parallel" if self._parallel else "serial"
         self._forward, self._backward = getattr(k, f"forward_{mode}"), getattr(k, f"backward_{mode}")
 
     def units(self) -> torch.Tensor:
+        """``z (L, E, M, 2D)``, contiguous (a copy)."""
         return torch.cat(self.params, dim=-1)
 
     def _call(self, fn, *args) -> None:
         if self._parallel:
-            with _lock:  # one parallel region at a time (and the thread count set for it)
+            with _lock:  # one parallel region at a time, with this kernel's thread count
                 _numba.set_num_threads(self._threads)
                 fn(*args)
         else:
             fn(*args)
 
     def forward(self, c, h0: torch.Tensor, hs: torch.Tensor) -> None:
-        """Fill ``hs (L+1, E, n, D)`` with ``h^0..h^L``; keeps ``a``, ``sigma(a)`` for the backward pass."""
-        U, V = self._np
-        L, E, M, D = U.shape
+        """Fill ``hs (L+1, E, n, D)`` (contiguous) with ``h^0..h^L``; keeps ``a`` and ``sigma(a)``
+        ``(L, E, n, M)`` for the backward pass."""
+        UT, VT = self._np
+        L, E, _, M = UT.shape
         n = hs.shape[2]
         if not hs.is_contiguous():
             raise ValueError("hs must be contiguous")
         if self._a is None or self._a.shape[2] != n:
-            self._a = np.empty((L, E, n, M), dtype=U.dtype)
+            self._a = np.empty((L, E, n, M), dtype=UT.dtype)
             self._s = np.empty_like(self._a)
         hs[0] = h0
-        self._call(self._forward, U, V, hs.numpy(), self._a, self._s, _per_member(c, E, U.dtype), self._act)
+        self._call(self._forward, UT, VT, hs.numpy(), self._a, self._s, _per_member(c, E, UT.dtype), self._act)
 
     def backward(self, c, hs: torch.Tensor, b: torch.Tensor, N: int, step, target) -> None:
-        """Exact adjoint from ``b = b^L (E, N, D)``; adds ``step * g_l`` to ``target`` (see
-        :meth:`meanode.resnet._GenericKernel.backward`); ``target = self.params`` updates in place."""
-        U, V = self._np
-        E = U.shape[1]
+        """Exact adjoint from ``b = b^L (E, N, D)`` down to layer 1, adding ``step * g_l`` to
+        ``target[0][l]``, ``target[1][l]`` as :meth:`meanode.resnet._GenericKernel.backward`
+        (``dR/du_l = c g_l``); ``target = self.params`` updates the units in place."""
+        UT, VT = self._np
+        E = UT.shape[1]
         if b.shape[1] != N:
             raise ValueError(f"b has {b.shape[1]} samples, expected N = {N}")
-        tU, tV = (t.numpy() if t is not p else q for t, p, q in zip(target, self.params, self._np))
-        if not (target[0].is_contiguous() and target[1].is_contiguous()):
-            raise ValueError("target tensors must be contiguous")
-        self._call(self._backward, U, V, hs.numpy(), self._a, self._s, np.ascontiguousarray(b.numpy(), dtype=U.dtype),
-                   _per_member(c, E, U.dtype), _per_member(step, E, U.dtype), tU, tV, self._act)
+        direct, tnp = [], []
+        for t, own in zip(target, self._np):
+            tt = t.transpose(-1, -2)
+            if t.device.type == "cpu" and t.dtype == self.params[0].dtype and tt.is_contiguous():
+                arr = tt.numpy()
+                direct.append(True)
+            else:  # another layout: accumulate into a zeroed temporary, added below
+                arr = np.zeros_like(own)
+                direct.append(False)
+            tnp.append(arr)
+        bb = np.ascontiguousarray(b.detach().numpy(), dtype=UT.dtype)
+        self._call(self._backward, UT, VT, hs.numpy(), self._a, self._s, bb, _per_member(c, E, UT.dtype),
+                   _per_member(step, E, UT.dtype), tnp[0], tnp[1], self._act)
+        for t, arr, ok in zip(target, tnp, direct):
+            if not ok:
+                t.add_(torch.from_numpy(arr).transpose(-1, -2).to(device=t.device, dtype=t.dtype))
 
 
 def warm_up(dtypes=(torch.float64,)) -> float:
