@@ -149,9 +149,13 @@ class _GenericKernel:
 
 
 class _TwoLayerKernel(_GenericKernel):
-    """The 2LP block with ``U, V (L, E, M, D)`` stored apart, pre-activations and ``sigma``
-    kept from the forward pass: 3 batched products per layer forward, 5 backward (the
-    update is fused into the gradient products)."""
+    """The 2LP block in torch (any device; the CPU fallback of the compiled kernel in
+    :mod:`meanode._trainer_2lp`): ``U, V (L, E, M, D)`` stored apart, pre-activations and
+    ``sigma`` kept from the forward pass; 2 batched products per layer forward, 4 backward,
+    each layer's update applied in place as a rank-N ``baddbmm_`` (no gradient buffer) when
+    ``c`` and ``step`` are floats. A per-member ``step`` (``(E, 1, 1)``: alphas per member, or
+    a stopped member) goes through an ``(E, M, D)`` product first, rounded exactly as the
+    float path, so that a member trains bit for bit as it would alone."""
 
     def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
         self.block = block
@@ -185,15 +189,16 @@ class _TwoLayerKernel(_GenericKernel):
         A, S = self._a[:, :, :N], self._s[:, :, :N]
         act = self.block.act
         SP = act.dsigma_of_sigma(S) if act.dsigma_of_sigma is not None else act.dsigma(A)
-        fused = isinstance(step, float)
+        scalar = isinstance(step, float) and isinstance(c, float)
         for l in range(L - 1, -1, -1):
             g = torch.bmm(b, V[l].transpose(1, 2)).mul_(SP[l])  # sigma'(a) (v . b): (E, N, M)
             h_prev = hs[l][:, :N]
-            if fused:
+            if scalar:
                 tV[l].baddbmm_(S[l].transpose(1, 2), b, alpha=step)
                 b = torch.baddbmm(b, g, U[l], alpha=c / D)
                 tU[l].baddbmm_(g.transpose(1, 2), h_prev, alpha=step / D)
-            else:
+            else:  # per-member c or step (E, 1, 1): rounded as the float path, so a member's
+                # trajectory does not depend on the others (the divergence mask relies on it)
                 _accumulate(tV[l], torch.bmm(S[l].transpose(1, 2), b), step)
                 b = _axpy(b, torch.bmm(g, U[l]), c / D)
                 _accumulate(tU[l], torch.bmm(g.transpose(1, 2), h_prev), step / D)
