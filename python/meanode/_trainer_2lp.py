@@ -88,13 +88,6 @@ def _load():
     return _kernels
 
 
-def _per_member(x, E: int, dtype) -> np.ndarray:
-    """A float or a per-member ``(E, 1, 1)`` tensor as a numpy ``(E,)`` array of ``dtype``."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().reshape(-1).to(device="cpu").numpy().astype(dtype, copy=True)
-    return np.full(E, float(x), dtype=dtype)
-
-
 class NumbaTwoLayerKernel:
     """Drop-in for :class:`meanode.resnet._TwoLayerKernel`: the same ``params``, ``units``,
     ``forward`` and ``backward``.
@@ -117,6 +110,7 @@ class NumbaTwoLayerKernel:
         self._np = (UT.numpy(), VT.numpy())
         self._act = ACTIVATION_CODES[block.act.name]
         self._a = self._s = None
+        self._consts: dict[float, np.ndarray] = {}
         k = _load()
         L, E, M, _ = self.params[0].shape
         self._threads = min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)
@@ -136,6 +130,15 @@ class NumbaTwoLayerKernel:
         else:
             fn(*args)
 
+    def _member(self, x) -> np.ndarray:
+        """``c`` or ``step`` as an ``(E,)`` array (a float's array is cached: it is called every step)."""
+        if isinstance(x, torch.Tensor):
+            return x.detach().reshape(-1).to(device="cpu").numpy().astype(self._np[0].dtype, copy=True)
+        arr = self._consts.get(x)
+        if arr is None:
+            arr = self._consts[x] = np.full(self._np[0].shape[1], float(x), dtype=self._np[0].dtype)
+        return arr
+
     def forward(self, c, h0: torch.Tensor, hs: torch.Tensor) -> None:
         """Fill ``hs (L+1, E, n, D)`` (contiguous) with ``h^0..h^L``; keeps ``a`` and ``sigma(a)``
         ``(L, E, n, M)`` for the backward pass."""
@@ -148,29 +151,28 @@ class NumbaTwoLayerKernel:
             self._a = np.empty((L, E, n, M), dtype=UT.dtype)
             self._s = np.empty_like(self._a)
         hs[0] = h0
-        self._call(self._forward, UT, VT, hs.numpy(), self._a, self._s, _per_member(c, E, UT.dtype), self._act)
+        self._call(self._forward, UT, VT, hs.numpy(), self._a, self._s, self._member(c), self._act)
 
     def backward(self, c, hs: torch.Tensor, b: torch.Tensor, N: int, step, target) -> None:
         """Exact adjoint from ``b = b^L (E, N, D)`` down to layer 1, adding ``step * g_l`` to
         ``target[0][l]``, ``target[1][l]`` as :meth:`meanode.resnet._GenericKernel.backward`
         (``dR/du_l = c g_l``); ``target = self.params`` updates the units in place."""
         UT, VT = self._np
-        E = UT.shape[1]
         if b.shape[1] != N:
             raise ValueError(f"b has {b.shape[1]} samples, expected N = {N}")
-        direct, tnp = [], []
-        for t, own in zip(target, self._np):
-            tt = t.transpose(-1, -2)
-            if t.device.type == "cpu" and t.dtype == self.params[0].dtype and tt.is_contiguous():
-                arr = tt.numpy()
-                direct.append(True)
-            else:  # another layout: accumulate into a zeroed temporary, added below
-                arr = np.zeros_like(own)
-                direct.append(False)
-            tnp.append(arr)
-        bb = np.ascontiguousarray(b.detach().numpy(), dtype=UT.dtype)
-        self._call(self._backward, UT, VT, hs.numpy(), self._a, self._s, bb, _per_member(c, E, UT.dtype),
-                   _per_member(step, E, UT.dtype), tnp[0], tnp[1], self._act)
+        direct, tnp = [True, True], list(self._np)
+        if target is not self.params:
+            for q, (t, own) in enumerate(zip(target, self._np)):
+                tt = t.transpose(-1, -2)
+                if t.device.type == "cpu" and t.dtype == self.params[0].dtype and tt.is_contiguous():
+                    tnp[q] = tt.numpy()
+                else:  # another layout: accumulate into a zeroed temporary, added below
+                    tnp[q], direct[q] = np.zeros_like(own), False
+        bb = b.detach().numpy()
+        if bb.dtype != UT.dtype or not bb.flags.c_contiguous:
+            bb = np.ascontiguousarray(bb, dtype=UT.dtype)
+        self._call(self._backward, UT, VT, hs.numpy(), self._a, self._s, bb, self._member(c), self._member(step),
+                   tnp[0], tnp[1], self._act)
         for t, arr, ok in zip(target, tnp, direct):
             if not ok:
                 t.add_(torch.from_numpy(arr).transpose(-1, -2).to(device=t.device, dtype=t.dtype))

@@ -79,51 +79,46 @@ def tanh_array(x, y):
 
 
 @njit(**_OPTS)
-def _sigma_rows(A, S, act):
-    """``S = sigma(A)`` for one (n, M) block."""
-    n, M = A.shape
-    for i in range(n):
-        a, s = A[i], S[i]
-        if act == 0:
-            for j in range(M):
-                s[j] = _tanh(a[j])
-        elif act == 1:
-            for j in range(M):
-                s[j] = a[j]
-        elif act == 2:
-            for j in range(M):
-                s[j] = math.erf(a[j])
-        elif act == 3:
-            for j in range(M):
-                x = a[j]
-                s[j] = 0.5 * x * (1.0 + math.erf(x * _INV_SQRT2))
-        else:
-            for j in range(M):
-                x = a[j]
-                s[j] = x if x > 0.0 else (0.0 if x <= 0.0 else x)  # relu(nan) = nan, as torch
+def _sigma_flat(a, s, act):
+    """``s = sigma(a)`` on 1-D arrays (a whole (n, M) block at once: one loop that vectorises
+    even when M is a handful of units)."""
+    m = a.shape[0]
+    if act == 0:
+        for j in range(m):
+            s[j] = _tanh(a[j])
+    elif act == 1:
+        for j in range(m):
+            s[j] = a[j]
+    elif act == 2:
+        for j in range(m):
+            s[j] = math.erf(a[j])
+    elif act == 3:
+        for j in range(m):
+            x = a[j]
+            s[j] = 0.5 * x * (1.0 + math.erf(x * _INV_SQRT2))
+    else:
+        for j in range(m):
+            x = a[j]
+            s[j] = x if x > 0.0 else (0.0 if x <= 0.0 else x)  # relu(nan) = nan, as torch
 
 
 @njit(**_OPTS)
-def _times_dsigma_rows(G, A, S, act):
-    """``G *= sigma'(A)`` on the first ``G.shape[0]`` rows; tanh from ``S`` as ``1 - S^2``."""
-    N, M = G.shape
-    for i in range(N):
-        g, a, s = G[i], A[i], S[i]
-        if act == 0:
-            for j in range(M):
-                g[j] *= 1.0 - s[j] * s[j]
-        elif act == 1:
-            pass
-        elif act == 2:
-            for j in range(M):
-                g[j] *= _TWO_OVER_SQRT_PI * math.exp(-a[j] * a[j])
-        elif act == 3:
-            for j in range(M):
-                x = a[j]
-                g[j] *= 0.5 * (1.0 + math.erf(x * _INV_SQRT2)) + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)
-        else:
-            for j in range(M):
-                g[j] *= 1.0 if a[j] > 0.0 else 0.0
+def _times_dsigma_flat(g, a, s, act):
+    """``g *= sigma'(a)`` on 1-D arrays; for tanh from ``s`` as ``1 - s^2`` (as the torch kernel)."""
+    m = g.shape[0]
+    if act == 0:
+        for j in range(m):
+            g[j] *= 1.0 - s[j] * s[j]
+    elif act == 2:
+        for j in range(m):
+            g[j] *= _TWO_OVER_SQRT_PI * math.exp(-a[j] * a[j])
+    elif act == 3:
+        for j in range(m):
+            x = a[j]
+            g[j] *= 0.5 * (1.0 + math.erf(x * _INV_SQRT2)) + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)
+    elif act == 4:
+        for j in range(m):
+            g[j] *= 1.0 if a[j] > 0.0 else 0.0
 
 
 @njit(**_OPTS)
@@ -145,11 +140,10 @@ def _forward_one(UT, VT, hs, A, S, e, c, act):
                 hid, ai = h[i, d], a_l[i]
                 for j in range(M):
                     ai[j] += hid * u[j]
-        for i in range(n):
-            ai = a_l[i]
-            for j in range(M):
-                ai[j] *= inv_d
-        _sigma_rows(a_l, s_l, act)
+        a_flat = a_l.reshape(n * M)
+        for j in range(n * M):
+            a_flat[j] *= inv_d
+        _sigma_flat(a_l.reshape(n * M), s_l.reshape(n * M), act)
         for d in range(D):
             v = vt[d]
             for i in range(n):
@@ -184,7 +178,8 @@ def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
             tv = tvt[d]
             for j in range(M):
                 tv[j] += step * w[j]
-        _times_dsigma_rows(G, a_l, s_l, act)
+        NM = N * M  # the first N rows of the (n, M) blocks: the training samples
+        _times_dsigma_flat(G.reshape(NM), a_l.reshape(a_l.size)[:NM], s_l.reshape(s_l.size)[:NM], act)
         for d in range(D):
             u = ut[d]
             w[:] = 0.0
