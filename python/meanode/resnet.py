@@ -32,6 +32,7 @@ import torch
 
 from ._checks import (check_problem, check_seeds, nonnegative_int, positive_float, positive_int, real,
                       resolve_device, resolve_dtype, warn_outside_regime)
+from . import _trainer_2lp
 from .blocks import Block, TwoLayerBlock, check_block
 
 __all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient", "diverged"]
@@ -174,9 +175,13 @@ class _GenericKernel:
 
 
 class _TwoLayerKernel(_GenericKernel):
-    """The 2LP block with ``U, V (L, E, M, D)`` stored apart, pre-activations and ``sigma``
-    kept from the forward pass: 3 batched products per layer forward, 5 backward (the
-    update is fused into the gradient products)."""
+    """The 2LP block in torch (any device; the CPU fallback of the compiled kernel in
+    :mod:`meanode._trainer_2lp`): ``U, V (L, E, M, D)`` stored apart, pre-activations and
+    ``sigma`` kept from the forward pass; 2 batched products per layer forward, 4 backward,
+    each layer's update applied in place as a rank-N ``baddbmm_`` (no gradient buffer) when
+    ``c`` and ``step`` are floats. A per-member ``step`` (``(E, 1, 1)``: alphas per member, or
+    a stopped member) goes through an ``(E, M, D)`` product first, rounded exactly as the
+    float path, so that a member trains bit for bit as it would alone."""
 
     def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
         self.block = block
@@ -210,15 +215,16 @@ class _TwoLayerKernel(_GenericKernel):
         A, S = self._a[:, :, :N], self._s[:, :, :N]
         act = self.block.act
         SP = act.dsigma_of_sigma(S) if act.dsigma_of_sigma is not None else act.dsigma(A)
-        fused = isinstance(step, float)
+        scalar = isinstance(step, float) and isinstance(c, float)
         for l in range(L - 1, -1, -1):
             g = torch.bmm(b, V[l].transpose(1, 2)).mul_(SP[l])  # sigma'(a) (v . b): (E, N, M)
             h_prev = hs[l][:, :N]
-            if fused:
+            if scalar:
                 tV[l].baddbmm_(S[l].transpose(1, 2), b, alpha=step)
                 b = torch.baddbmm(b, g, U[l], alpha=c / D)
                 tU[l].baddbmm_(g.transpose(1, 2), h_prev, alpha=step / D)
-            else:
+            else:  # per-member c or step (E, 1, 1): rounded as the float path, so a member's
+                # trajectory does not depend on the others (the divergence mask relies on it)
                 _accumulate(tV[l], torch.bmm(S[l].transpose(1, 2), b), step)
                 b = _axpy(b, torch.bmm(g, U[l]), c / D)
                 _accumulate(tU[l], torch.bmm(g.transpose(1, 2), h_prev), step / D)
@@ -253,9 +259,15 @@ def _scalar_or_list(x):
     return x if isinstance(x, float) else x.reshape(-1).tolist()
 
 
-def _kernel(block: Block, z: torch.Tensor) -> _GenericKernel:
-    """The training loops for ``block`` (a fast path for the 2LP block)."""
-    return _TwoLayerKernel(block, z) if type(block) is TwoLayerBlock else _GenericKernel(block, z)
+def _kernel(block: Block, z: torch.Tensor):
+    """The training loops for ``block`` on units ``z (L, E, M, dz)``: for the built-in 2LP block
+    the compiled kernel (numba, CPU) where it can run, else the torch 2LP kernel; any other
+    block the generic one."""
+    if type(block) is not TwoLayerBlock:
+        return _GenericKernel(block, z)
+    if _trainer_2lp.usable(block, z):
+        return _trainer_2lp.NumbaTwoLayerKernel(block, z)
+    return _TwoLayerKernel(block, z)
 
 
 def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Block,

@@ -17,16 +17,22 @@ __all__ = ["CPU_SECONDS_PER_UNIT", "POINT_OVERHEAD_S", "estimate_point_seconds",
            "plan_summary", "memory_limit_bytes", "point_memory_bytes"]
 
 #: Seconds per (seed x step x sample x unit x (D + 4)) for the batched trainer on one CPU core
-#: (float64, measured on this project's machines; a GPU is typically 10-100x faster at large sizes).
-CPU_SECONDS_PER_UNIT = 5e-9
+#: (float64, the compiled 2LP kernel; measured by benchmarks/bench_trainer.py on this project's
+#: machines: 1.6e-9 to 2.7e-9 at the current and wide shapes; a GPU is typically 10-100x faster
+#: at large sizes).
+CPU_SECONDS_PER_UNIT = 2.2e-9
+#: Seconds per (seed x step x layer): the per-layer cost that dominates small and deep-narrow
+#: shapes (measured: ~0.8 microseconds, tiny and deep shapes of the same benchmark).
+CPU_SECONDS_PER_LAYER = 8e-7
 POINT_OVERHEAD_S = 0.05
 
 
 def estimate_point_seconds(s: dict, n_seeds: int, measure: MeasureSpec | None = None) -> float:
     n = s["N"] + s["N_eval"]
     work = n_seeds * (s["K"] + 1) * n * s["L"] * s["M"] * (s["D"] + 4)
+    layers = n_seeds * (s["K"] + 1) * s["L"]
     extra = 2.0 if measure is not None and (measure.linearisation or measure.preactivation) else 0.0
-    return POINT_OVERHEAD_S + CPU_SECONDS_PER_UNIT * work * (1.0 + extra)
+    return POINT_OVERHEAD_S + (CPU_SECONDS_PER_UNIT * work + CPU_SECONDS_PER_LAYER * layers) * (1.0 + extra)
 
 
 def estimate_reference_seconds(ident: dict) -> float:
