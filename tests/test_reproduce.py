@@ -116,3 +116,43 @@ def test_cli_reproduce_dry_run(capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "width" in out and "phase" in out and "est. CPU time" in out
+
+
+def test_report_wording_follows_the_measured_values(tiny_run, tmp_path):
+    """The report's verdicts are computed: perturb the measured values of the tiny run (make one
+    error fall like L^-1 instead of L^-1/2; make the lazy gap steepen or flatten) and its words follow."""
+    from meanode import report as W
+    from meanode.presets import preset
+
+    out, _ = tiny_run
+    pre = preset("tiny")
+    datasets = {role: load_sweep(out / "sweeps" / role) for role, _ in pre.sweeps}
+    rows = [dict(name=r, points=1, seeds=1, reference="-", wall_time=0.0, data=f"sweeps/{r}/merged.nc") for r, _ in pre.sweeps]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plots, "FORMATS", ("png",))
+    mp.setattr(R, "BOOTSTRAP", 20)
+    try:
+        def report(ds_map, name):
+            return rp.analyse(pre, ds_map, tmp_path / name, {"sweeps": 0.0}, rows, 1, progress=False).read_text()
+
+        # the fluctuation part (reference-free, exact formula) scaled to fall like (L M)^-1: the fit must say "differs"
+        width = datasets["width"].copy(deep=True)
+        LM = (width["L"] * width["M"]).astype(float)
+        width["f"] = width["f"] * 0 + width["f"].mean("seed") + (width["f"] - width["f"].mean("seed")) / np.sqrt(LM)
+        base = report(datasets, "base")
+        pert = report(dict(datasets, width=width), "pert")
+        line = lambda text: next(l for l in text.splitlines() if l.startswith("| output fluctuation part (seed std) vs L*M"))  # noqa: E731
+        fitted = float(line(pert).split("|")[3])
+        assert abs(fitted + 1.0) < 0.05  # the perturbation is an exact power law
+        assert "differs by" in line(pert) and "agrees" not in line(pert)
+        assert line(base) != line(pert)
+        # the lazy-gap trend sentence is worded from the values
+        gap = dict(alpha=np.array([1.0, 2.0, 4.0, 8.0]), floor=np.full(4, 1e-9))
+        approach = W.trend_sentence(gap["alpha"], [1.0, 0.3, 0.06, 0.0155], gap["floor"], -2.0)
+        away = W.trend_sentence(gap["alpha"], [1.0, 0.26, 0.12, 0.09], gap["floor"], -2.0)
+        assert "they approach the asymptotic prediction -2" in approach and "within" in approach
+        assert "they move away from" in away and "farther than" in away
+        floor = W.trend_sentence(gap["alpha"], [1.0, 0.3, 0.06, 1e-9], gap["floor"], -2.0)
+        assert "alpha = 8 the value is below 2x" in floor
+    finally:
+        mp.undo()

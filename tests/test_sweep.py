@@ -285,7 +285,7 @@ def test_fits_recover_known_slopes():
     tot = R.fit_slope(st, R.FitSpec("b", "total", "s", "total_f", "LM", -0.5), B=100)
     assert abs(tot.slope + 0.5) < 0.05 and tot.n_used == len(Ls)
     st = _synthetic(Ls, euler_c=0.3, fluct_c=0.02, E=200)
-    eu = R.fit_slope(st, R.FitSpec("c", "euler", "s", "euler_f", "L", -1.0, noise_factor=2.0), B=100)
+    eu = R.fit_slope(st, R.FitSpec("c", "euler", "s", "euler_f", "L", -1.0, dominance="euler"), B=100)
     assert abs(eu.slope + 1.0) < 0.05 and eu.ci_boot[0] < -1.0 < eu.ci_boot[1]
     # the rate model err ~ a/L + b sqrt(D/(LM)) recovers each term alone
     rate = R.fit_rate(_synthetic(Ls, euler_c=0.0, fluct_c=0.2, E=400), B=50)

@@ -27,14 +27,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .measure import fit_rate_model, loglog_slope
 
 __all__ = ["stack", "param", "quantity", "FitSpec", "SlopeFit", "fit_slope", "RateFit", "fit_rate",
-           "phase_table", "residual_table", "lazy_gap", "ref_floor", "labels", "diverged_points", "bootstrap_indices",
-           "BOOTSTRAP"]
+           "phase_table", "residual_table", "lazy_gap", "lazy_gap_fit", "local_slopes", "ref_floor", "labels",
+           "diverged_points", "divergences", "reference_rows", "bootstrap_indices", "BOOTSTRAP"]
 
 BOOTSTRAP = 200
 _PER_SEED = ("init_dev", "out_change", "unit_movement", "feature_change", "lin_dist", "preact_move")
@@ -161,11 +162,14 @@ def quantity(st, name: str, step: int = -1, idx: np.ndarray | None = None) -> tu
     return vals, boot
 
 
-def ref_floor(st) -> np.ndarray:
-    """Per-point reference error estimate (NaN without a reference)."""
-    if "ref_error" not in st:
+def ref_floor(st, quantity: str = "total_f") -> np.ndarray:
+    """Per-point error estimate of the reference in the space of ``quantity``: the hidden-state
+    estimate (``ref_h_error``) for ``*_h*`` quantities, the output one (``ref_error``) otherwise;
+    NaN without a reference."""
+    name = "ref_h_error" if "_h" in quantity and "ref_h_error" in st else "ref_error"
+    if name not in st:
         return np.full(st.sizes["point"], np.nan)
-    return np.asarray(st["ref_error"].values, dtype=float)
+    return np.asarray(st[name].values, dtype=float)
 
 
 def labels(st) -> list[str]:
@@ -196,7 +200,20 @@ def bootstrap_indices(E: int, B: int | None = None, seed: int = 0) -> np.ndarray
 @dataclass(frozen=True)
 class FitSpec:
     """A log-log slope to fit: ``quantity`` (see :func:`quantity`) against parameter ``x`` over the
-    points of sweep ``sweep`` matching ``where`` (param -> value or (lo, hi) range)."""
+    points of sweep ``sweep`` matching ``where``, inside a data-driven window.
+
+    ``where``: (param, value) pairs; a value is a number, a (lo, hi) range, ``"min"`` / ``"max"``
+    (the smallest / largest value of that parameter in the sweep) or ``(">=", other)`` (at least
+    the point's own ``other`` parameter).
+    The window (stated in the report, the points used and excluded listed):
+    * ``floor``: the value must be at least ``floor_factor`` x the reference's own error estimate
+      (in the quantity's space: hidden quantities use the hidden-state estimate);
+    * ``dominance="fluct"``: the seed fluctuation (the sqrt(D/(L M)) term) must be at least
+      ``dominance_factor`` x the seed-mean error (the deterministic terms: Euler, alpha gaps);
+      ``dominance="euler"``: the seed-mean error must be at least ``dominance_factor`` x its own
+      seed noise ``fluct / sqrt(E)``;
+    * ``last=n``: of what remains, the ``n`` points with the largest x (asymptotic laws).
+    """
 
     key: str
     title: str
@@ -208,8 +225,35 @@ class FitSpec:
     step: int = -1
     floor: bool = True
     floor_factor: float = 2.0
-    noise_factor: float = 0.0
+    dominance: str | None = None
+    dominance_factor: float = 2.0
+    last: int | None = None
     note: str = ""
+
+    def window(self) -> str:
+        """The window rule in words."""
+        parts = []
+        if self.where:
+            parts.append(", ".join(f"{k} {_where_text(v)}" for k, v in self.where))
+        if self.floor:
+            parts.append(f">= {self.floor_factor:g}x the reference's own estimate")
+        if self.dominance == "fluct":
+            parts.append(f"seed fluctuation >= {self.dominance_factor:g}x the seed-mean error")
+        elif self.dominance == "euler":
+            parts.append(f"seed-mean error >= {self.dominance_factor:g}x its seed noise")
+        if self.last:
+            parts.append(f"the {self.last} largest {self.x}")
+        return "; ".join(parts) or "all points"
+
+
+def _where_text(v) -> str:
+    if isinstance(v, str):
+        return f"= its {v}imum"
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == ">=":
+        return f">= {v[1]}"
+    if isinstance(v, tuple):
+        return f"in [{v[0]:g}, {v[1]:g}]"
+    return f"= {v:g}" if isinstance(v, (int, float)) else f"= {v}"
 
 
 @dataclass
@@ -225,17 +269,30 @@ class SlopeFit:
     y: np.ndarray
     used: np.ndarray
     excluded: list[str] = field(default_factory=list)
+    used_labels: list[str] = field(default_factory=list)
 
     @property
     def deviation(self) -> float:
         return float("nan") if self.spec.predicted is None else self.slope - self.spec.predicted
 
+    @property
+    def covers_prediction(self) -> bool | None:
+        """Whether the bootstrap interval (else the t interval) contains the prediction."""
+        ci = self.ci_boot if all(np.isfinite(self.ci_boot)) else self.ci_t
+        if self.spec.predicted is None or not all(np.isfinite(ci)):
+            return None
+        return bool(ci[0] <= self.spec.predicted <= ci[1])
+
 
 def _match(st, where) -> np.ndarray:
     m = np.ones(st.sizes["point"], bool)
     for k, v in where:
-        vals = param(st, k)
-        if isinstance(v, tuple):
+        vals = param(st, k).astype(float)
+        if isinstance(v, str):
+            m &= vals == (np.nanmin(vals) if v == "min" else np.nanmax(vals))
+        elif isinstance(v, tuple) and len(v) == 2 and v[0] == ">=":
+            m &= vals >= param(st, v[1]).astype(float)
+        elif isinstance(v, tuple):
             m &= (vals >= v[0]) & (vals <= v[1])
         else:
             m &= vals == v
@@ -243,7 +300,8 @@ def _match(st, where) -> np.ndarray:
 
 
 def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
-    """Fit ``log y = c + slope log x`` with bootstrap and t intervals (see the module docstring)."""
+    """Fit ``log y = c + slope log x`` with bootstrap and t intervals (see the module docstring),
+    over the window of ``fs`` (:class:`FitSpec`)."""
     E = st.sizes["seed"]
     idx = bootstrap_indices(E, B, seed) if E > 1 else None
     y, yb = quantity(st, fs.quantity, fs.step, idx)
@@ -253,10 +311,13 @@ def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
     div = diverged_points(st)
     used = sel.copy()
     excluded = []
-    floor = ref_floor(st)
-    noise = None
-    if fs.noise_factor > 0:
-        noise, _ = quantity(st, "noise_" + fs.quantity.partition("_")[2], fs.step)
+    floor = ref_floor(st, fs.quantity)
+    X = fs.quantity.partition("_")[2]
+    fluct = euler = noise = None
+    if fs.dominance == "fluct":
+        fluct, euler = quantity(st, "fluct_" + X, fs.step)[0], quantity(st, "euler_" + X, fs.step)[0]
+    elif fs.dominance == "euler":
+        euler, noise = quantity(st, "euler_" + X, fs.step)[0], quantity(st, "noise_" + X, fs.step)[0]
     for i in np.flatnonzero(sel):
         if div[i] or not np.isfinite(y[i]):
             used[i] = False
@@ -264,13 +325,24 @@ def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
         elif fs.floor and np.isfinite(floor[i]) and y[i] < fs.floor_factor * floor[i]:
             used[i] = False
             excluded.append(f"{labs[i]}: {y[i]:.2e} below {fs.floor_factor:g} x reference error {floor[i]:.1e}")
-        elif noise is not None and y[i] < fs.noise_factor * noise[i]:
+        elif fluct is not None and not fluct[i] >= fs.dominance_factor * euler[i]:
             used[i] = False
-            excluded.append(f"{labs[i]}: {y[i]:.2e} below {fs.noise_factor:g} x seed noise {noise[i]:.1e}")
+            excluded.append(f"{labs[i]}: seed fluctuation {fluct[i]:.2e} below {fs.dominance_factor:g} x seed-mean "
+                            f"error {euler[i]:.2e}")
+        elif noise is not None and not euler[i] >= fs.dominance_factor * noise[i]:
+            used[i] = False
+            excluded.append(f"{labs[i]}: {y[i]:.2e} below {fs.dominance_factor:g} x seed noise {noise[i]:.1e}")
+    if fs.last is not None and used.sum() > fs.last:
+        order = np.flatnonzero(used)[np.argsort(x[used])]
+        for i in order[: len(order) - fs.last]:
+            used[i] = False
+            excluded.append(f"{labs[i]}: not among the {fs.last} largest {fs.x}")
     n_used = int(used.sum())
+    used_labels = [labs[i] for i in np.flatnonzero(used)]
     nan2 = (float("nan"), float("nan"))
     if n_used < 2:
-        return SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), n_used, int(sel.sum()), x[sel], y[sel], used[sel], excluded)
+        return SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), n_used, int(sel.sum()), x[sel], y[sel], used[sel],
+                        excluded, used_labels)
     fit = loglog_slope(x[used], y[used])
     ci_b = nan2
     if yb is not None:
@@ -281,7 +353,8 @@ def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
                 slopes.append(loglog_slope(x[used], yy).slope)
         if len(slopes) >= 10:
             ci_b = (float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5)))
-    return SlopeFit(fs, fit.slope, ci_b, fit.ci, fit.intercept, n_used, int(sel.sum()), x[sel], y[sel], used[sel], excluded)
+    return SlopeFit(fs, fit.slope, ci_b, fit.ci, fit.intercept, n_used, int(sel.sum()), x[sel], y[sel], used[sel],
+                    excluded, used_labels)
 
 
 @dataclass
@@ -303,7 +376,7 @@ def fit_rate(st, qty: str = "total_f", step: int = -1, where=(), B: int | None =
     y, yb = quantity(st, qty, step, idx)
     L, M, D = (param(st, k).astype(float) for k in ("L", "M", "D"))
     m = _match(st, where) & np.isfinite(y) & ~diverged_points(st)
-    floor = ref_floor(st)
+    floor = ref_floor(st, qty)
     m &= ~(np.isfinite(floor) & (y < floor_factor * floor))
     a, b = fit_rate_model(L[m], M[m], D[m], y[m])
     model = a / L + b * np.sqrt(D / (L * M))
@@ -382,3 +455,74 @@ def lazy_gap(st_gap, st_lazy, step: int = -1) -> dict:
         gaps.append(float(np.sqrt(np.mean((fr - lazy_f) ** 2))))
         floors.append(float(st_gap["ref_error"].isel(point=i)) + lazy_err)
     return dict(alpha=np.array(alphas), gap=np.array(gaps), floor=np.array(floors))
+
+
+def lazy_gap_fit(gap: dict, last: int = 3, floor_factor: float = 2.0) -> SlopeFit:
+    """Slope of the alpha-Mean-ODE's gap to the lazy ODE vs alpha (predicted -2 asymptotically,
+    SPEC §4.2), over the ``last`` largest alphas whose gap is at least ``floor_factor`` x the floor
+    (the two references' summed estimates); no seeds, so only the t interval."""
+    a, g, fl = gap["alpha"], gap["gap"], gap["floor"]
+    above = g >= floor_factor * fl
+    order = np.flatnonzero(above)[np.argsort(a[above])]
+    use = np.zeros(a.shape, bool)
+    use[order[-last:]] = True
+    fs = FitSpec("lazy_gap_slope", "alpha-Mean-ODE gap to the lazy ODE vs alpha", "lazy_gap + lazy", "gap", "alpha",
+                 -2.0, floor=True, floor_factor=floor_factor, last=last)
+    excl = [f"alpha={x:g}: gap {y:.1e} below {floor_factor:g} x the floor {f:.1e}" for x, y, f in zip(a, g, fl)
+            if not y >= floor_factor * f]
+    excl += [f"alpha={x:g}: not among the {last} largest alphas above the floor" for x, ok, u in zip(a, above, use)
+             if ok and not u]
+    nan2 = (float("nan"), float("nan"))
+    labs = [f"alpha={x:g}" for x in a[use]]
+    if use.sum() < 2:
+        return SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), int(use.sum()), len(a), a, g, use, excl, labs)
+    f = loglog_slope(a[use], g[use])
+    return SlopeFit(fs, f.slope, nan2, f.ci, f.intercept, int(use.sum()), len(a), a, g, use, excl, labs)
+
+
+def local_slopes(x, y) -> np.ndarray:
+    """Slopes of log y vs log x between successive points (sorted by x)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    o = np.argsort(x)
+    x, y = x[o], y[o]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.diff(np.log(y)) / np.diff(np.log(x))
+
+
+def divergences(role: str, ds) -> list[str]:
+    """One line per point of a merged dataset with diverged seeds: which, and at which steps."""
+    st = stack(ds)
+    d = np.asarray(st["diverged"].values) == 1
+    steps = np.asarray(st["diverged_step"].values)
+    labs = labels(st)
+    seeds = st["seed"].values
+    out = []
+    for i in np.flatnonzero(d.any(axis=1)):
+        bad = np.flatnonzero(d[i])
+        if len(bad) <= 3:
+            ss = ", ".join(f"seed {seeds[e]} at step {steps[i, e]}" for e in bad)
+        else:
+            ss = f"{len(bad)}/{len(seeds)} seeds, at steps {int(steps[i, bad].min())}-{int(steps[i, bad].max())}"
+        out.append(f"{role} / {labs[i]}: {ss}")
+    return out
+
+
+def reference_rows(ref_dir: Path) -> list[dict]:
+    """What every cached reference says of itself: method, settings, its error estimates and their
+    norm, the tolerance it was asked for and whether it met it, its checks, its time."""
+    import xarray as xr
+    out = []
+    for p in sorted(Path(ref_dir).glob("ref__*.nc")):
+        with xr.open_dataset(p, engine="scipy") as ds:
+            a = ds.attrs
+            ident = json.loads(a["identity"])
+            keys = ("activation", "D", "alpha", "eta", "K", "level", "L", "M")
+            settings = ", ".join(f"{k}={ident[k]}" for k in keys if ident.get(k) is not None)
+            out.append(dict(file=p.name, method=str(a["method"]), settings=settings, status=str(a.get("status", "ok")),
+                            error_estimate=float(a["error_estimate"]),
+                            h_error_estimate=float(a.get("h_error_estimate", float("nan"))),
+                            norm=str(a.get("error_norm", "max-abs")), tol=float(a.get("tol", float("nan"))),
+                            tol_met=int(a.get("tol_met", -1)), verified=bool(int(a.get("verified", 1))),
+                            warnings=json.loads(a.get("warnings", "[]")), reason=str(a.get("reason", "")),
+                            wall_time=float(a["wall_time"])))
+    return out

@@ -60,29 +60,29 @@ def _logspace_int(lo: float, hi: float, n: int) -> list[int]:
 
 def _fits(roles: set[str]) -> tuple[FitSpec, ...]:
     F = FitSpec
+    fluct = dict(dominance="fluct")  # the sqrt(D/(L M)) term measured where it dominates the deterministic ones
     fits = [
         F("lm_fluct", "output fluctuation part (seed std) vs L*M", "width", "fluct_f", "LM", -0.5, floor=False),
         F("lm_m1", "output error vs L*M, M = 1 (depth as hidden width)", "width", "total_f", "LM", -0.5,
-          where=(("M", 1),)),
-        F("lm_diag_f", "output error vs L*M, L = M", "limitcheck", "total_f", "LM", -0.5),
-        F("lm_diag_h", "hidden error vs L*M, L = M", "limitcheck", "total_h", "LM", -0.5),
-        F("lm_diag_eval", "held-out output error vs L*M, L = M", "limitcheck", "total_f_eval", "LM", -0.5),
+          where=(("M", 1),), **fluct),
+        F("lm_diag_f", "output error vs L*M, L = M", "limitcheck", "total_f", "LM", -0.5, **fluct),
+        F("lm_diag_h", "hidden error vs L*M, L = M", "limitcheck", "total_h", "LM", -0.5, **fluct),
+        F("lm_diag_eval", "held-out output error vs L*M, L = M", "limitcheck", "total_f_eval", "LM", -0.5, **fluct),
         F("init_dev", "init deviation |h^L - h^0| vs L*M (exact limit)", "width", "init_dev", "LM", -0.5, floor=False),
-        F("euler_f", "Euler part (seed mean), output, vs L", "euler", "euler_f", "L", -1.0, noise_factor=2.0,
-          note="fitted where the seed mean is 2x above its seed noise std/sqrt(E) and 2x above the reference error"),
-        F("euler_h", "Euler part (seed mean), hidden, vs L", "euler", "euler_h", "L", -1.0, noise_factor=2.0),
+        F("euler_f", "Euler part (seed mean), output, vs L", "euler", "euler_f", "L", -1.0, dominance="euler"),
+        F("euler_h", "Euler part (seed mean), hidden, vs L", "euler", "euler_h", "L", -1.0, dominance="euler"),
         F("fluct_L", "output fluctuation part vs L at fixed M", "euler", "fluct_f", "L", -0.5, floor=False),
-        F("d_identity", "hidden error vs D at fixed L*M (identity, exact reference)", "dsweep_identity", "total_h", "D", 0.5),
+        F("d_identity", "hidden error vs D at fixed L*M (identity, exact reference)", "dsweep_identity", "total_h", "D",
+          0.5, **fluct),
         F("d_tanh", "hidden fluctuation part vs D at fixed L*M (tanh)", "dsweep_tanh", "fluct_h", "D", 0.5, floor=False),
-        F("alpha_gap", "error vs own alpha-Mean-ODE vs alpha (L = M fixed)", "lazy_gap", "total_f", "alpha", 1.0),
-        F("lazy_far", "distance to the lazy ODE vs alpha, smallest L*M, 3 largest alpha", "lazy", "total_f", "alpha", 1.0,
-          note="at large alpha the alpha sqrt(D/(LM)) fluctuation dominates the distance to the lazy ODE"),
+        F("alpha_gap", "error vs own alpha-Mean-ODE vs alpha (L = M fixed)", "lazy_gap", "total_f", "alpha", 1.0,
+          **fluct),
+        F("lazy_far", "distance to the lazy ODE vs alpha, smallest L*M", "lazy", "total_f", "alpha", 1.0,
+          where=(("LM", "min"),), **fluct),
         F("md_M", "hidden error vs M at the largest D, L*M >= D (L fixed)", "md", "total_h", "M", -0.5,
-          note="at the reference's D the error is the sqrt(D/(LM)) fluctuation; at small D the O(1/sqrt(D)) gap "
-          "between the D-limit and the large-D reference dominates and does not fall with M (SPEC §6)"),
-        F("p_h", "hidden error vs P = L M D, optimal shapes", "psweep", "total_h", "P", -1 / 6,
-          note="small sizes: the 1/L and 1/sqrt(D) terms are far from asymptotic; indicative only"),
-        F("p_f", "output error vs P = L M D, optimal shapes", "psweep", "total_f", "P", -0.2),
+          where=(("D", "max"), ("LM", (">=", "D"))), **fluct),
+        F("p_h", "hidden error vs P = L M D, best shapes", "psweep", "total_h", "P", -1 / 6),
+        F("p_f", "output error vs P = L M D, best shapes", "psweep", "total_f", "P", -0.2),
     ]
     return tuple(f for f in fits if f.sweep in roles)
 

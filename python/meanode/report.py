@@ -1,4 +1,9 @@
-"""``report.md``: the words around the numbers that :mod:`meanode.analysis` measured."""
+"""``report.md``: the words around the numbers that :mod:`meanode.analysis` measured.
+
+Every sentence about a result is built from this run's numbers (``verdict``, ``trend_sentence``,
+the counts): nothing here states an expectation as if it were a measurement. Predictions appear
+only as predictions (the "predicted" column, SPEC's rates).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import RateFit, SlopeFit
+from .analysis import RateFit, SlopeFit, local_slopes
 
-__all__ = ["write_report", "slope_table", "fmt_fit", "fmt_predicted"]
+__all__ = ["write_report", "slope_table", "fmt_fit", "fmt_predicted", "verdict", "trend_sentence", "SLOPE_TOLERANCE"]
+
+#: a fitted slope "agrees" with the prediction when within this of it (the issues' criterion)
+SLOPE_TOLERANCE = 0.1
 
 
 def fmt_fit(f: SlopeFit) -> str:
@@ -31,23 +39,78 @@ def fmt_predicted(p) -> str:
     return f"{p:+.3f}"
 
 
-def slope_table(fits: list[SlopeFit], tol: float = 0.1) -> str:
+def verdict(f: SlopeFit, tol: float = SLOPE_TOLERANCE) -> str:
+    """What this fit's numbers say about the prediction, in words."""
+    if not np.isfinite(f.slope):
+        return f"not fitted ({f.n_used} point(s) in the window)"
+    if f.spec.predicted is None:
+        return "no prediction"
+    dev = f.deviation
+    covers = f.covers_prediction
+    near = abs(dev) <= tol
+    ci_txt = "" if covers is None else ("; its 95% interval contains the prediction" if covers
+                                        else "; its 95% interval excludes the prediction")
+    if near:
+        return f"agrees (within {tol:g}{ci_txt})"
+    return f"differs by {dev:+.2f}{ci_txt}"
+
+
+def trend_sentence(x, y, floor, predicted: float, what: str = "alpha", floor_factor: float = 2.0) -> str:
+    """How the local slopes of ``y`` vs ``x`` (above ``floor_factor`` x ``floor``) move relative to
+    an asymptotic ``predicted`` slope, computed and worded from the values."""
+    x, y, floor = (np.asarray(v, float) for v in (x, y, floor))
+    above = y >= floor_factor * floor
+    below = [f"{v:g}" for v, a in zip(x, above) if not a]
+    tail = (f" At {what} = {', '.join(below)} the value is below {floor_factor:g}x the references' floor and is not "
+            "used." if below else "")
+    s = local_slopes(x[above], y[above])
+    if len(s) == 0:
+        return f"Fewer than two points lie above {floor_factor:g}x the floor: no local slope.{tail}"
+    if len(s) == 1:
+        return f"One local slope above the floor: {s[0]:+.2f} (predicted asymptotically {fmt_predicted(predicted)}).{tail}"
+    d0, d1 = abs(s[0] - predicted), abs(s[-1] - predicted)
+    move = "approach" if d1 < d0 else ("move away from" if d1 > d0 else "stay as far from")
+    close = "within" if d1 <= 2 * SLOPE_TOLERANCE else "farther than"
+    return (f"Between successive {what} above {floor_factor:g}x the floor the local slopes go from {s[0]:+.2f} to "
+            f"{s[-1]:+.2f}: they {move} the asymptotic prediction {fmt_predicted(predicted)} (the last one is {close} "
+            f"{2 * SLOPE_TOLERANCE:g} of it).{tail}")
+
+
+def slope_table(fits: list[SlopeFit], tol: float = SLOPE_TOLERANCE) -> str:
     lines = ["| measurement | sweep | fitted slope | 95% CI (bootstrap over seeds) | 95% CI (fit, t) | predicted | "
-             "fitted - predicted | points used |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "fitted - predicted | verdict | points used |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for f in fits:
-        dev = f.deviation
-        mark = ""
-        if np.isfinite(dev):
-            mark = " ✓" if abs(dev) <= tol else ""
         lines.append(f"| {f.spec.title} | {f.spec.sweep} | {f.slope:+.3f} | {_ci(f.ci_boot)} | {_ci(f.ci_t)} | "
-                     f"{fmt_predicted(f.spec.predicted)} | {dev:+.3f}{mark} | {f.n_used}/{f.n_total} |")
+                     f"{fmt_predicted(f.spec.predicted)} | {f.deviation:+.3f} | {verdict(f, tol)} | "
+                     f"{f.n_used}/{f.n_total} |")
     return "\n".join(lines)
+
+
+def _summary(fits: list[SlopeFit], tol: float) -> str:
+    pred = [f for f in fits if f.spec.predicted is not None]
+    fitted = [f for f in pred if np.isfinite(f.slope)]
+    agree = [f for f in fitted if abs(f.deviation) <= tol]
+    differ = [f for f in fitted if abs(f.deviation) > tol]
+    out = (f"Of {len(pred)} slopes with a prediction, {len(fitted)} could be fitted; {len(agree)} agree with the "
+           f"prediction within {tol:g}")
+    if differ:
+        out += "; these do not: " + "; ".join(f"{f.spec.title} ({f.slope:+.2f} vs {fmt_predicted(f.spec.predicted)})"
+                                              for f in differ)
+    not_fitted = [f for f in pred if not np.isfinite(f.slope)]
+    if not_fitted:
+        out += ". Not fitted (too few points in the window): " + "; ".join(f.spec.title for f in not_fitted)
+    return out + "."
+
+
+def _fmt(v: float, spec: str = ".1e") -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, spec)
 
 
 def write_report(path, *, preset: str, fits: list[SlopeFit], rate: RateFit | None, phase_rows: list[dict] | None,
                  residual_rows: list[dict] | None, references: list[dict], divergences: list[str], figures: list[str],
-                 sweeps: list[dict], timing: dict, machine: dict, notes: list[str], lazy: dict | None = None) -> Path:
+                 sweeps: list[dict], timing: dict, machine: dict, notes: list[str], lazy: dict | None = None,
+                 extra_sections: list[str] | None = None) -> Path:
     """Write ``report.md``."""
     path = Path(path)
     L = []
@@ -56,23 +119,24 @@ def write_report(path, *, preset: str, fits: list[SlopeFit], rate: RateFit | Non
              f"({machine.get('platform', '')}; {machine.get('cpus', '?')} CPU cores visible, {machine.get('workers', '?')} "
              f"worker processes with 1 torch thread each; torch {machine.get('torch', '')}, device "
              f"{machine.get('device', 'cpu')}). Total wall time **{timing.get('total', float('nan')):.0f} s**.\n")
-    L.append("Conventions: SPEC §1 (MLU, float64); step K is the last recorded step; errors are RMS "
-             "(SPEC §7). Each reference is used as a black box and its own error estimate (max-abs) is the floor: "
-             "points below 2x the floor are not fitted. Diverged runs are never dropped silently: any point with "
-             "a diverged seed has NaN aggregates and is listed below and excluded from fits by name.\n")
+    L.append("Conventions: SPEC §1 (MLU, float64); step K is the last recorded step; errors are RMS over seeds, "
+             "samples and coordinates (SPEC §7). Each reference's own error estimate is its floor, in the space "
+             "of the quantity (hidden-state estimates for hidden errors): points below 2x the floor are not "
+             "fitted. Every fit has a stated window (below) and lists the points it used and excluded. Diverged "
+             "runs are never dropped silently: any point with a diverged seed has NaN aggregates and is listed "
+             "and excluded by name.\n")
     L.append("## Fitted vs predicted slopes\n")
     L.append(slope_table(fits))
-    L.append("\n✓: within 0.1 of the prediction.\n")
+    L.append("\n" + _summary(fits, SLOPE_TOLERANCE) + "\n")
+    L.append("### Windows and points\n")
     for f in fits:
-        if f.spec.note:
-            L.append(f"* **{f.spec.title}**: {f.spec.note}")
-    if any(f.excluded for f in fits):
-        L.append("\nExcluded from fits:\n")
-        for f in fits:
-            for e in f.excluded:
-                L.append(f"* {f.spec.title}: {e}")
+        L.append(f"* **{f.spec.title}** — window: {f.spec.window()}. Used ({f.n_used}): "
+                 f"{', '.join(f.used_labels) if f.used_labels else 'none'}."
+                 + (f" {f.spec.note}" if f.spec.note else ""))
+        for e in f.excluded:
+            L.append(f"  * excluded {e}")
     if rate is not None:
-        L.append("\n## Rate model  err ≈ a/L + b·sqrt(D/(L M))  (output error at step K, sweeps width + euler)\n")
+        L.append("\n## Rate model  err ≈ a/L + b·sqrt(D/(L M))  (output error at step K, sweep width)\n")
         L.append("| coefficient | fitted | 95% CI (bootstrap) | predicted |")
         L.append("| --- | --- | --- | --- |")
         L.append(f"| a (Euler, 1/L) | {rate.a:.3e} | [{rate.ci_a[0]:.3e}, {rate.ci_a[1]:.3e}] | > 0, O(1) |")
@@ -94,15 +158,15 @@ def write_report(path, *, preset: str, fits: list[SlopeFit], rate: RateFit | Non
             loc = "" if prev is None else f"{math.log(g / prev[1]) / math.log(a / prev[0]):+.2f}"
             L.append(f"| {a:g} | {g:.3e} | {fl:.1e} | {loc} |")
             prev = (a, g)
-        L.append("\nThe gap decays like 1/alpha-type power whose local slope steepens with alpha towards the "
-                 "asymptotic -2 of SPEC §4.2; at the largest alphas it sinks under the quadrature references' floor.\n")
+        L.append("\n" + trend_sentence(lazy["alpha"], lazy["gap"], lazy["floor"], -2.0) + "\n")
     if residual_rows:
         L.append("\n## Residual scale D^gamma/(L M): exponents vs D\n")
-        L.append("| gamma | observable | fitted | 95% CI (bootstrap) | predicted |")
-        L.append("| --- | --- | --- | --- | --- |")
+        L.append("| gamma | observable | fitted | 95% CI (bootstrap) | predicted | verdict |")
+        L.append("| --- | --- | --- | --- | --- | --- |")
         for r in residual_rows:
             for q, f in r["fits"].items():
-                L.append(f"| {r['gamma']:g} | {q} | {f.slope:+.3f} | {_ci(f.ci_boot)} | {fmt_predicted(f.spec.predicted)} |")
+                L.append(f"| {r['gamma']:g} | {q} | {f.slope:+.3f} | {_ci(f.ci_boot)} | {fmt_predicted(f.spec.predicted)} | "
+                         f"{verdict(f)} |")
         L.append("")
     if phase_rows:
         L.append("\n## Phase diagram (SPEC §5): exponents vs L*M per cell\n")
@@ -119,11 +183,26 @@ def write_report(path, *, preset: str, fits: list[SlopeFit], rate: RateFit | Non
         n_agree = sum(r["regime"] == r["predicted"] for r in phase_rows)
         L.append(f"\nIn parentheses: scale-counting predictions. Measured regime = predicted in {n_agree}/{len(phase_rows)} "
                  "cells (✗ marks the others).\n")
+    for sec in extra_sections or []:
+        L.append(sec)
     L.append("\n## References (each computed once, cached beside the results)\n")
-    L.append("| file | method | settings | error estimate (max-abs) | wall time |")
-    L.append("| --- | --- | --- | --- | --- |")
+    L.append("| file | method | settings | status | estimate f | estimate h | norm of the estimates | tol asked | met | "
+             "convergence check | wall time |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in references:
-        L.append(f"| {r['file']} | {r['method']} | {r['settings']} | {r['error_estimate']:.1e} | {r['wall_time']:.1f} s |")
+        met = {1: "yes", 0: "no", -1: "–"}.get(r.get("tol_met", -1), "–")
+        L.append(f"| {r['file']} | {r['method']} | {r['settings']} | {r.get('status', 'ok')} | {_fmt(r['error_estimate'])} | "
+                 f"{_fmt(r.get('h_error_estimate', float('nan')))} | {r.get('norm', '')} | {_fmt(r.get('tol', float('nan')))} | "
+                 f"{met} | {'passed' if r.get('verified', True) else 'FAILED'} | {r['wall_time']:.1f} s |")
+    flagged = [r for r in references if r.get("tol_met") == 0 or not r.get("verified", True) or r.get("status") != "ok"]
+    if flagged:
+        L.append("\nReferences that did not reach what was asked of them, and why:\n")
+        for r in flagged:
+            why = "; ".join(r.get("warnings", [])) or r.get("reason", "") or "no reason recorded"
+            L.append(f"* {r['file']} ({r['settings']}): {why}")
+    elif references:
+        L.append(f"\nAll {len(references)} references met their tolerance (where one was asked) and passed their "
+                 "convergence check.")
     L.append("\n## Divergences\n")
     if divergences:
         L.extend(f"* {d}" for d in divergences)

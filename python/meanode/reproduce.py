@@ -23,9 +23,7 @@ The measurement plan (sweeps and fits) is :mod:`meanode.presets`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -50,52 +48,6 @@ def _machine(workers: int, device: str = "cpu") -> dict:
                 cpus=os.cpu_count(), workers=workers, torch=str(torch.__version__), device=device)
 
 
-def _references(ref_dir: Path) -> list[dict]:
-    import xarray as xr
-    out = []
-    for p in sorted(ref_dir.glob("ref__*.nc")):
-        with xr.open_dataset(p, engine="scipy") as ds:
-            ident = json.loads(ds.attrs["identity"])
-            keys = ("activation", "D", "alpha", "eta", "K", "level", "L", "M")
-            settings = ", ".join(f"{k}={ident[k]}" for k in keys if ident.get(k) is not None)
-            out.append(dict(file=p.name, method=str(ds.attrs["method"]), settings=settings,
-                            error_estimate=float(ds.attrs["error_estimate"]), wall_time=float(ds.attrs["wall_time"])))
-    return out
-
-
-def _divergences(role: str, ds) -> list[str]:
-    st = A.stack(ds)
-    d = np.asarray(st["diverged"].values) == 1
-    steps = np.asarray(st["diverged_step"].values)
-    labels = A.labels(st)
-    seeds = st["seed"].values
-    out = []
-    for i in np.flatnonzero(d.any(axis=1)):
-        bad = np.flatnonzero(d[i])
-        if len(bad) <= 3:
-            ss = ", ".join(f"seed {seeds[e]} at step {steps[i, e]}" for e in bad)
-        else:
-            ss = (f"{len(bad)}/{len(seeds)} seeds, at steps {int(steps[i, bad].min())}-{int(steps[i, bad].max())}")
-        out.append(f"{role} / {labels[i]}: {ss}")
-    return out
-
-
-def _lazy_gap_fit(gap: dict) -> A.SlopeFit | None:
-    from .measure import loglog_slope
-    a, g, fl = gap["alpha"], gap["gap"], gap["floor"]
-    use = (a >= 2) & (g > fl)
-    fs = A.FitSpec("lazy_gap_slope", "alpha-Mean-ODE gap to the lazy ODE vs alpha (alpha >= 2)", "lazy_gap + lazy",
-                   "gap", "alpha", -2.0, note="predicted 1/alpha^2 asymptotically (SPEC §4.2); no seeds, so no bootstrap "
-                   "interval; alphas whose gap is below the summed (max-abs, hence conservative) reference error "
-                   "estimates are not fitted; see the local slopes in the lazy table")
-    nan2 = (float("nan"), float("nan"))
-    excl = [f"alpha={x:g}: gap {y:.1e} below the floor {f:.1e}" for x, y, f in zip(a, g, fl) if x >= 2 and not y > f]
-    if use.sum() < 2:
-        return A.SlopeFit(fs, float("nan"), nan2, nan2, float("nan"), int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
-    f = loglog_slope(a[use], g[use])
-    return A.SlopeFit(fs, f.slope, nan2, f.ci, f.intercept, int(use.sum()), int((a >= 2).sum()), a, g, use, excl)
-
-
 def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: list[dict], workers: int,
             progress: bool = True) -> Path:
     """Fits, figures and report.md from the merged datasets of a preset."""
@@ -107,20 +59,11 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
         st = stacked.get(fs.sweep)
         if st is None:
             continue
-        if fs.key == "lazy_far":
-            LM = A.param(st, "LM")
-            alphas = sorted(set(A.param(st, "alpha")))[-3:]
-            fs = dataclasses.replace(fs, where=(("LM", float(min(LM))), ("alpha", (alphas[0], alphas[-1]))))
-        if fs.key == "md_M":
-            Dmax = float(max(A.param(st, "D")))
-            fs = dataclasses.replace(fs, where=(("D", Dmax), ("LM", (Dmax, float("inf")))))
         fits.append(A.fit_slope(st, fs))
     lazy = None
     if "lazy" in stacked and "lazy_gap" in stacked:
         lazy = A.lazy_gap(stacked["lazy_gap"], stacked["lazy"])
-        lf = _lazy_gap_fit(lazy)
-        if lf is not None:
-            fits.append(lf)
+        fits.append(A.lazy_gap_fit(lazy))
     rate = None
     if "width" in stacked:
         rate = A.fit_rate(stacked["width"])
@@ -149,18 +92,19 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
     timing["figures"] = time.perf_counter() - t1
     divs = []
     for role, ds in datasets.items():
-        divs += _divergences(role, ds)
+        divs += A.divergences(role, ds)
     notes = list(pre.notes)
-    notes.append("Euler part: resolvable where it exceeds the seed noise of the mean, fluct/sqrt(E) ~ 0.3/sqrt(L M E) "
-                 "at these settings, while it is ~0.05/L: hence small L, a wide layer (M large) and many seeds.")
-    notes.append("sqrt(D) law: tanh references for D >= 8 are out of reach of quadrature (a 2D >= 16-dimensional "
-                 "integral; lattice rules reach D = 4 at ~2e-4 in minutes); "
-                 "the identity activation has an exact closure reference at any D, and the tanh fluctuation part "
-                 "(seed std) needs no reference.")
+    notes.append("Euler part: measured where the seed mean of the error exceeds its own seed noise "
+                 "(fluctuation / sqrt(E)) by the factor stated in its window, which is why the euler sweep uses "
+                 "small L, a wide layer and many seeds.")
+    notes.append("sqrt(D) law: the total error is measured with the identity activation, whose limit is the exact "
+                 "moment closure at any D (SPEC §4.1); the tanh sweep measures the fluctuation part (seed "
+                 "standard deviation), which needs no reference, because the tanh limit's quadrature is a "
+                 "2D-dimensional integral (docs/limit_quadrature.md measures how far it reaches).")
     notes.append("Phase diagram: classified from the measured exponents vs L*M with margin 0.15 (see meanode.phase.classify).")
     timing["total"] = sum(v for k, v in timing.items() if k in ("sweeps", "fits", "figures"))
     return R.write_report(out / "report.md", preset=pre.name, fits=fits, rate=rate, phase_rows=phase_rows,
-                          residual_rows=residual_rows, references=_references(out / "references"), divergences=divs,
+                          residual_rows=residual_rows, references=A.reference_rows(out / "references"), divergences=divs,
                           figures=[str(Path(f).relative_to(out)) for f in figs if f.endswith(".png")]
                           + [str(Path(f).relative_to(out)) for f in figs if f.endswith(".pdf")],
                           sweeps=sweep_rows, timing=timing, machine=_machine(workers), notes=notes, lazy=lazy)

@@ -131,6 +131,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
         tol, max_time (quadrature): accuracy on request: the rule is refined until both estimates
             (``f`` and ``h``) are at most ``tol``, or until the next level would not finish within
             ``max_time`` seconds; ``result.tol_met`` says which (:mod:`meanode.limit.estimate`).
+            ``tol`` also tightens ``rtol`` to at most ``tol / 100`` and ``atol`` to ``tol / 1000``, so
+            that the solver's own allowance stays an order below it.
 
     Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` and
     ``h_error_estimate`` estimate the max-abs errors of ``f`` and ``h``: the quadrature part
@@ -140,6 +142,9 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     ``docs/error_estimates.md`` for how they were checked.
     """
     t0 = time.perf_counter()
+    if tol is not None:  # the solver's allowance, 10 (rtol max|f| + atol), must not be what misses tol
+        tol = positive_float("tol", tol)
+        rtol, atol = min(positive_float("rtol", rtol), tol / 100), min(positive_float("atol", atol), tol / 1000)
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=alpha, eta=eta, steps=steps, rtol=rtol, atol=atol,
                         device=device, depth_nodes=depth_nodes, block=block, activation=activation,
                         max_rhs=max_rhs, divergence_threshold=divergence_threshold)
@@ -178,8 +183,6 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     elif fold and not block.odd_symmetric:
         raise ValueError("fold=True needs a block whose dynamics commute with z -> -z (odd sigma)")
     config.update(rule=getattr(ropt.fn, "__name__", "family") if isinstance(ropt, RuleFamily) else ropt.name)
-    if tol is not None:
-        tol = positive_float("tol", tol)
     if max_time is not None:
         max_time = positive_float("max_time", max_time)
     res = quadrature_limit(inp, be, choice, ropt, bool(fold), progress, config, t0, tol=tol, max_time=max_time)

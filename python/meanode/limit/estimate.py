@@ -220,6 +220,10 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
         met = res.error_estimate <= tol and res.h_error_estimate <= tol
         if met:
             return _with_tol(res, tol, True, tried, "")
+        floor = max(res.error_parts["solver"], res.h_error_parts["solver"])
+        if floor > tol:  # no level can help: the solver's own allowance is above the tolerance
+            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the solver allowance {floor:.1e} alone "
+                             "exceeds it (lower rtol and atol)")
         nxt = rule.refined(inp.block)
         ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
         predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)

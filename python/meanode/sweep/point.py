@@ -90,8 +90,10 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
             if name.startswith("f") or store_h:
                 v[f"{name}_ref"] = (dims, xr_)
         v["ref_error"] = ((), ref["error_estimate"])
+        v["ref_h_error"] = ((), ref["h_error_estimate"])
         attrs.update(reference_method=ref["method"], reference_file=ref["path"],
-                     reference_error_parts=json.dumps(ref["error_parts"]), reference_error_norm=ref["error_norm"])
+                     reference_error_parts=json.dumps(ref["error_parts"]), reference_error_norm=ref["error_norm"],
+                     reference_tol=ref["tol"], reference_tol_met=ref["tol_met"], reference_verified=int(ref["verified"]))
     v["wall_time"] = ((), time.perf_counter() - t0)
     v["computed"] = ((), True)
     coords = {"seed": list(seeds), "step": np.arange(s["K"] + 1)}

@@ -12,7 +12,9 @@ errors NaN, ``ref_status`` saying why), never against numbers that are not a lim
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,8 +24,8 @@ from .spec import Point, ReferenceSpec, SweepSpec, alpha_eff
 from .store import POINT_ENGINE, atomic_write, read_checked, reference_path
 from .training import device_name, problem, train
 
-__all__ = ["reference_identity", "reference_file", "run_reference", "load_reference", "REFERENCE_FORMAT",
-           "ERROR_NORMS"]
+__all__ = ["reference_identity", "reference_file", "run_reference", "load_reference", "auto_tolerance",
+           "REFERENCE_FORMAT", "ERROR_NORMS"]
 
 REFERENCE_FORMAT = "meanode-reference/2"
 #: the norm each reference method states its own error figure in
@@ -38,6 +40,39 @@ def _method(ref: ReferenceSpec, activation: str, D: int) -> str:
     from ..blocks import TwoLayerBlock
     from ..limit import resolve_method
     return resolve_method(ref.method, TwoLayerBlock(D, activation))
+
+
+#: prefactor of the predicted finite-network output error ``C alpha sqrt(D / (L M))`` used to set a
+#: reference's tolerance before anything is trained: measured on the quick preset's widths (RMS output
+#: error 0.1-0.15 sqrt(D/(L M)) at alpha = 1, K = 3..15); the smaller value makes the tolerance tighter
+PREDICTED_ERROR_PREFACTOR = 0.1
+#: the reference is asked for this fraction of the smallest error it will be compared with
+TOLERANCE_FRACTION = 1 / 20
+
+
+def _predicted_error(s: dict) -> float:
+    return PREDICTED_ERROR_PREFACTOR * s["alpha_eff"] * math.sqrt(s["D"] / (s["L"] * s["M"]))
+
+
+def auto_tolerance(spec: SweepSpec, point: Point) -> float:
+    """1/20 of the smallest finite output error among the points of ``spec`` that share ``point``'s
+    reference, predicted from their L*M (:data:`PREDICTED_ERROR_PREFACTOR`) before anything runs."""
+    return _tolerances(spec)[_base_key(spec.settings(point))]
+
+
+def _base_key(s: dict) -> tuple:
+    return tuple(s[k] for k in ("N", "N_eval", "d_in", "d_out", "data_seed", "embed_seed", "D_max", "eta", "K",
+                                "activation", "D", "alpha_eff"))
+
+
+@functools.lru_cache(maxsize=64)
+def _tolerances(spec: SweepSpec) -> dict:
+    out: dict = {}
+    for p in spec.points():
+        s = spec.settings(p)
+        key = _base_key(s)
+        out[key] = min(out.get(key, math.inf), TOLERANCE_FRACTION * _predicted_error(s))
+    return out
 
 
 def reference_identity(spec: SweepSpec, point: Point) -> dict | None:
@@ -61,7 +96,9 @@ def reference_identity(spec: SweepSpec, point: Point) -> dict | None:
         if method != "lazy":
             ident["alpha"] = s["alpha_eff"]
         if method == "quadrature":
-            ident.update(level=ref.level, coarse=ref.coarse, rule=ref.rule)
+            tol = auto_tolerance(spec, point) if ref.tol == "auto" else ref.tol
+            ident.update(level=ref.level, coarse=ref.coarse, rule=ref.rule,
+                         tol=None if tol is None else float(f"{tol:.3g}"), max_time=ref.max_time if tol else None)
     return ident
 
 
@@ -82,13 +119,15 @@ def _network(spec: SweepSpec, s: dict, ident: dict):
     E = len(ref.seeds)
     # statistical error of the seed mean: the standard error, RMS over samples and outputs,
     # largest over the steps (the Euler bias of the reference's own L is not included)
-    err = float(np.max(np.sqrt(np.mean(res.f.var(axis=0, ddof=1), axis=(1, 2)) / E))) if E > 1 else float("nan")
+    se = lambda x: float(np.max(np.sqrt(np.mean(x.var(axis=0, ddof=1), axis=(1, 2)) / E))) if E > 1 else float("nan")  # noqa: E731
+    err = se(res.f)
     mean = lambda x: None if x is None else x.mean(0)  # noqa: E731
     arrays = dict(f=mean(res.f), h=mean(res.h), f_eval=mean(res.f_eval), h_eval=mean(res.h_eval))
-    return arrays, err, {"seed_mean_standard_error": err}, f"network(L={ref.L}, M={ref.M}, D={Dr}, {E} seeds)"
+    extra = dict(h_error_estimate=se(res.h), verified=1, warnings="[]", tol=float("nan"), tol_met=-1)
+    return arrays, err, {"seed_mean_standard_error": err}, f"network(L={ref.L}, M={ref.M}, D={Dr}, {E} seeds)", extra
 
 
-def _limit(spec: SweepSpec, s: dict, method: str):
+def _limit(spec: SweepSpec, s: dict, method: str, ident: dict):
     from ..limit import lazy_limit, mean_ode_limit
     ref = spec.reference
     prob = problem(s)
@@ -99,6 +138,8 @@ def _limit(spec: SweepSpec, s: dict, method: str):
                          **common)
     else:
         opts = {k: getattr(ref, k) for k in ("level", "coarse", "rule") if getattr(ref, k) is not None}
+        if method == "quadrature" and ident.get("tol") is not None:
+            opts.update(tol=ident["tol"], max_time=ident["max_time"])
         lim = mean_ode_limit(**prob.arrays(), alpha=s["alpha_eff"], eta=s["eta"], steps=s["K"], method=method,
                              divergence_threshold=s["divergence_threshold"], **common, **opts)
     if lim.diverged:
@@ -106,7 +147,10 @@ def _limit(spec: SweepSpec, s: dict, method: str):
         raise SolverError(lim.solver, "diverged", f"the limit diverged at step {lim.diverged_step} (the trainer's "
                           "rule: a non-finite state or an RMS above the divergence threshold)", 1.0)
     arrays = dict(f=lim.f, h=lim.h, f_eval=lim.f_eval, h_eval=lim.h_eval)
-    return arrays, float(lim.error_estimate), {k: float(v) for k, v in lim.error_parts.items()}, lim.method
+    extra = dict(h_error_estimate=float(lim.h_error_estimate), verified=int(lim.verified),
+                 warnings=json.dumps(list(lim.warnings)), tol=float("nan") if lim.tol is None else lim.tol,
+                 tol_met=-1 if lim.tol_met is None else int(lim.tol_met))
+    return arrays, float(lim.error_estimate), {k: float(v) for k, v in lim.error_parts.items()}, lim.method, extra
 
 
 def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
@@ -125,10 +169,12 @@ def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
     t0 = time.perf_counter()
     status, reason = "ok", ""
     try:
-        arrays, err, parts, label = _network(spec, s, ident) if method == "network" else _limit(spec, s, method)
+        arrays, err, parts, label, extra = (_network(spec, s, ident) if method == "network"
+                                            else _limit(spec, s, method, ident))
     except SolverError as e:  # an exploding trajectory or a work cap: recorded, never a number
         status, reason = ("diverged" if getattr(e, "status", None) == "diverged" else "failed"), str(e)
         arrays, err, parts, label = {}, float("nan"), {}, method
+        extra = dict(h_error_estimate=float("nan"), verified=0, warnings="[]", tol=float("nan"), tol_met=-1)
     data = {}
     if status == "ok":
         data = {"f": (("step", "sample", "out"), arrays["f"]), "h": (("step", "sample", "coord"), arrays["h"])}
@@ -138,7 +184,7 @@ def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
     ds = xr.Dataset(data, attrs=dict(format=REFERENCE_FORMAT, method=label, status=status, reason=reason,
                                      error_estimate=err, error_norm=ERROR_NORMS[method],
                                      error_parts=json.dumps(parts), identity=json.dumps(ident, default=str),
-                                     wall_time=time.perf_counter() - t0))
+                                     wall_time=time.perf_counter() - t0, **extra))
     atomic_write(ds, path)
     return path
 
@@ -151,5 +197,8 @@ def load_reference(path: Path) -> dict:
     out.update(error_estimate=float(ds.attrs["error_estimate"]), method=str(ds.attrs["method"]),
                error_parts=json.loads(ds.attrs["error_parts"]), wall_time=float(ds.attrs["wall_time"]),
                status=str(ds.attrs.get("status", "ok")), reason=str(ds.attrs.get("reason", "")),
-               error_norm=str(ds.attrs.get("error_norm", "")), path=path.name)
+               error_norm=str(ds.attrs.get("error_norm", "")), path=path.name,
+               h_error_estimate=float(ds.attrs.get("h_error_estimate", float("nan"))),
+               verified=bool(int(ds.attrs.get("verified", 1))), tol=float(ds.attrs.get("tol", float("nan"))),
+               tol_met=int(ds.attrs.get("tol_met", -1)), warnings=json.loads(ds.attrs.get("warnings", "[]")))
     return out

@@ -115,6 +115,10 @@ class ReferenceSpec:
 
     method: auto | quadrature | closure | lazy | network | none.
     level, coarse, rule: quadrature options of :func:`~meanode.limit.mean_ode_limit` (None: its defaults).
+    tol: accuracy asked of a quadrature reference (``tol=`` of the limit): a number, ``"auto"`` (the
+    default: 1/20 of the smallest finite error the reference will be compared with, predicted from
+    L*M before training, :func:`meanode.sweep.references.auto_tolerance`) or None (the rule's
+    levels as given). max_time: seconds the reference may take to meet it (then it says why not).
     depth_nodes, rtol, atol: limit solver settings.
     L, M, D, seeds: the network reference (method ``network``; D defaults to the sweep's D_max).
     """
@@ -130,6 +134,8 @@ class ReferenceSpec:
     M: int | None = None
     D: int | None = None
     seeds: tuple[int, ...] = ()
+    tol: float | str | None = "auto"
+    max_time: float = 600.0
 
     @classmethod
     def from_dict(cls, d: Mapping | None, source: str = "<spec>") -> "ReferenceSpec":
@@ -146,9 +152,12 @@ class ReferenceSpec:
         if "depth_nodes" in kw and kw["depth_nodes"] != "auto":
             kw["depth_nodes"] = _checked(source, "reference.depth_nodes", integer, "depth_nodes (or 'auto')",
                                          kw["depth_nodes"], 3)
-        for k in ("rtol", "atol"):
+        for k in ("rtol", "atol", "max_time"):
             if k in kw:
                 kw[k] = _checked(source, f"reference.{k}", real, k, kw[k], minimum=0.0, strict=True)
+        if kw.get("tol") not in (None, "auto"):
+            kw["tol"] = _checked(source, "reference.tol", real, "tol (a number, 'auto' or null)", kw["tol"],
+                                 minimum=0.0, strict=True)
         from ..limit import RULES
 
         if kw.get("rule") is not None and kw["rule"] != "auto" and kw["rule"] not in RULES:
