@@ -58,12 +58,20 @@ def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device)
     return t
 
 
-def check_problem(X, Y, W_E, W_U, X_eval, dtype, device):
+def check_problem(X, Y, W_E, W_U, X_eval, dtype, device, sequence: bool = False):
     """Validate and convert the data/embedding arrays; returns tensors ``X, Y, W_E, W_U, X_eval``.
 
-    ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, ``X_eval (N_eval, d_in)``.
+    ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, ``X_eval (N_eval, d_in)``;
+    for a sequence block (``sequence=True``) ``X (N, T, d_in)`` and ``X_eval (N_eval, T, d_in)``
+    with the same T.
     """
-    X = as_tensor("X", X, 2, dtype, device)
+    if sequence and np.ndim(X) == 2:
+        raise ValueError(f"X has shape {tuple(np.shape(X))}: a sequence block (e.g. AttentionHeadBlock) needs "
+                         "X of shape (N, T, d_in), T tokens per sample (for one token use X[:, None, :])")
+    if not sequence and np.ndim(X) == 3:
+        raise ValueError(f"X has shape {tuple(np.shape(X))}, sequence data (N, T, d_in), but the block is not a "
+                         "sequence block: pass block=AttentionHeadBlock(...) (or X of shape (N, d_in))")
+    X = as_tensor("X", X, 3 if sequence else 2, dtype, device)
     Y = as_tensor("Y", Y, 2, dtype, device)
     W_E = as_tensor("W_E", W_E, 2, dtype, device)
     W_U = as_tensor("W_U", W_U, 2, dtype, device)
@@ -71,16 +79,21 @@ def check_problem(X, Y, W_E, W_U, X_eval, dtype, device):
         raise ValueError(f"X and Y disagree on the number of samples: {X.shape[0]} vs {Y.shape[0]}")
     if X.shape[0] < 1:
         raise ValueError("X must hold at least one sample")
-    if W_E.shape[1] != X.shape[1]:
-        raise ValueError(f"W_E has shape {tuple(W_E.shape)}, expected (D, d_in) with d_in = {X.shape[1]}")
+    if sequence and X.shape[1] < 1:
+        raise ValueError("X must hold at least one token per sample (T >= 1)")
+    if W_E.shape[1] != X.shape[-1]:
+        raise ValueError(f"W_E has shape {tuple(W_E.shape)}, expected (D, d_in) with d_in = {X.shape[-1]}")
     if W_U.shape[0] != W_E.shape[0]:
         raise ValueError(f"W_U has {W_U.shape[0]} rows but W_E has D = {W_E.shape[0]}")
     if W_U.shape[1] != Y.shape[1]:
         raise ValueError(f"W_U has shape {tuple(W_U.shape)}, expected (D, d_out) with d_out = {Y.shape[1]}")
     if X_eval is not None:
-        X_eval = as_tensor("X_eval", X_eval, 2, dtype, device)
-        if X_eval.shape[1] != X.shape[1]:
-            raise ValueError(f"X_eval has {X_eval.shape[1]} columns, expected d_in = {X.shape[1]}")
+        X_eval = as_tensor("X_eval", X_eval, 3 if sequence else 2, dtype, device)
+        if X_eval.shape[-1] != X.shape[-1]:
+            raise ValueError(f"X_eval has {X_eval.shape[-1]} features per input, expected d_in = {X.shape[-1]}")
+        if sequence and X_eval.shape[1] != X.shape[1]:
+            raise ValueError(f"X_eval has T = {X_eval.shape[1]} tokens per sample but X has T = {X.shape[1]}: "
+                             "train and held-out sequences must have the same length")
     return X, Y, W_E, W_U, X_eval
 
 

@@ -213,6 +213,7 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     Arguments:
         X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out): the very arrays the finite
             networks use (SPEC §8); X_eval: held-out inputs, evaluated but not trained on.
+            A sequence block (``block.sequence``) takes ``X (N, T, d_in)``, ``X_eval (N_eval, T, d_in)``.
         alpha, eta, steps: residual scale, normalised learning rate, K.
         activation: sigma of the 2LP block; or ``block=`` any :class:`~meanode.blocks.Block`.
         method: ``"closure"`` (identity activation, exact, SPEC §4.1), ``"quadrature"`` (weighted
@@ -258,7 +259,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     rtol, atol = positive_float("rtol", rtol), positive_float("atol", atol)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    Xt, Yt, WE, WU, Xe = check_problem(X, Y, W_E, W_U, X_eval, torch.float64, device)
+    seq = block is not None and getattr(block, "sequence", False) is True
+    Xt, Yt, WE, WU, Xe = check_problem(X, Y, W_E, W_U, X_eval, torch.float64, device, sequence=seq)
     D, N = WE.shape[0], Xt.shape[0]
     if block is None:
         block = TwoLayerBlock(D, activation)
@@ -269,6 +271,8 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     if method == "auto":
         method = "closure" if is_identity_2lp else "quadrature"
     if method == "lazy":
+        if not isinstance(block, TwoLayerBlock):
+            raise ValueError(f"method='lazy' is the kernel limit of the 2LP block (SPEC §4.2), not of {block!r}")
         if method_options:
             raise TypeError(f"method='lazy' takes no options, got {sorted(method_options)}")
         return lazy_limit(X, Y, W_E, W_U, eta=eta, steps=K, activation=block.act.name, solver=solver,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..readout import readout, readout_adjoint
 from ..solvers import ODEStats, SolverChoice, integrate
 from .depth import DepthGrid
 
@@ -39,6 +40,7 @@ class Dynamics:
     ``forward(s, h)``: ``h (n, D) -> dh/ds (n, D)`` (n = training plus held-out inputs).
     ``adjoint(s, h, b)``: ``h, b (N, D) -> db/ds (N, D)`` (training inputs only).
     ``update(H, B)``: ``H, B (Q, N, D)`` = ``h_k, b_k`` at the depth nodes -> next unit state.
+    Sequence data (``X (N, T, d_in)``, a sequence block) carry a token axis: ``h, b (n, T, D)``.
     """
 
     name: str = "dynamics"
@@ -57,7 +59,8 @@ class Dynamics:
 class LimitResult:
     """A Mean ODE (or lazy ODE) limit over K steps, as numpy arrays.
 
-    f: (K+1, N, d_out), h: (K+1, N, D) with ``h = h_k(1, x)``; f_eval, h_eval on held-out inputs.
+    f: (K+1, N, d_out), h: (K+1, N, D) with ``h = h_k(1, x)`` ((K+1, N, T, D) for sequence data,
+    ``f = W_U^T pool(h) / D``, :mod:`meanode.readout`); f_eval, h_eval on held-out inputs.
     loss: (K+1,).
     error_estimate: a bound on the max-abs error of ``f`` (all steps, samples, outputs), the sum
         of ``error_parts`` (quadrature gap or spread, depth interpolation, solver tolerance).
@@ -124,9 +127,11 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
               progress: bool = False) -> dict:
     """Drive ``dyn`` through K steps; returns tensors ``H (K+1, Q, n, D)``, ``B (K, Q, N, D)``,
     ``f (K+1, n, d_out)``, the summed :class:`ODEStats` and ``depth_tail``, the largest relative
-    Chebyshev tail of any trajectory (its interpolation error relative to its size)."""
+    Chebyshev tail of any trajectory (its interpolation error relative to its size).
+    ``X (N, T, d_in)`` (3-D) is sequence data: token-wise embedding, pooled readout."""
     t0 = time.perf_counter()
-    N, D = X.shape[0], W_E.shape[0]
+    N = X.shape[0]
+    seq = X.dim() == 3
     X_all = X if X_eval is None else torch.cat([X, X_eval])
     h0 = X_all @ W_E.T
     s_fwd, s_bwd = grid.s, grid.s[::-1].copy()
@@ -136,7 +141,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
     for k in range(K + 1):
         H, st = integrate(dyn.forward, h0, 0.0, 1.0, s_fwd, choice, rtol, atol)
         stats.add(st)
-        f = H[-1] @ W_U / D
+        f = readout(H[-1], W_U, seq)
         Hs.append(H)
         fs.append(f)
         tail = max(tail, _relative_tail(grid, H))
@@ -147,7 +152,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         if k == K:
             break
         H_train = H[:, :N]
-        b1 = (f[:N] - Y) @ W_U.T / (N * D)
+        b1 = readout_adjoint(f[:N] - Y, W_U, N, X.shape[1] if seq else None)
 
         def adjoint(s, b, H_train=H_train):
             return dyn.adjoint(s, grid.interp(H_train, s), b)
@@ -159,7 +164,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         tail = max(tail, _relative_tail(grid, B))
         dyn.update(H_train, B)
     stats.wall_time = time.perf_counter() - t0
-    B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, D), dtype=h0.dtype, device=h0.device)
+    B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, *h0.shape[1:]), dtype=h0.dtype, device=h0.device)
     return dict(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail)
 
 
