@@ -272,13 +272,14 @@ def test_limit_at_step_zero_is_the_identity_map():
 
 
 def test_divergence_is_recorded_with_its_step():
+    """A huge step diverges every seed: each is marked at the step where it happened, its records up
+    to that step kept (finite before it), NaN after it (never zeroed)."""
     prob = mn.Problem.sequences(D=2, T=3, N=4)
     r = mn.train_resnet(**prob.arrays(), L=2, M=2, alpha=1.0, eta=2e3, steps=5, seeds=[0, 1],
                         block=mn.AttentionHeadBlock(2), divergence_threshold=1e3)
     assert r.diverged.all() and (r.diverged_step >= 1).all()
-    k = int(r.diverged_step[0])
-    assert np.isfinite(r.loss[:, :k]).all()  # records before the diverging step are kept, never zeroed
-    assert np.isnan(r.loss[0, k + 1:]).all()
+    for e, k in enumerate(r.diverged_step):
+        assert np.isfinite(r.loss[e, :k]).all() and np.isnan(r.loss[e, k + 1:]).all()
 
 
 def _train(prob, block, **kw):
@@ -325,3 +326,24 @@ def test_bad_limit_and_block_input_raises():
             mn.AttentionHeadBlock(**bad)
     with pytest.raises(ValueError, match="T"):
         mn.Problem.sequences(D=2, T=0)
+
+
+def test_finite_attention_resnets_approach_the_limit_at_rate_one_over_sqrt_LM():
+    """D = 1, d_head = 1 (dz = 4: the default lattice is accurate, estimate ~3e-4 at level 6),
+    T = 3, K = 2, one head per layer (L*M, 1) so the Euler part ~0.25/L stays below 1e-3:
+    the output error at step K falls like (L M)^(-1/2) (fitted slope within 0.15 of -1/2: the
+    per-seed errors are heavy-tailed, and segment slopes with 32 seeds were measured within
+    +-0.1 of -1/2), the hidden error too, and the limit's estimate is 10x below every finite error."""
+    prob, block, K = mn.Problem.sequences(D=1, T=3), mn.AttentionHeadBlock(1), 2
+    lim = mn.mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=K, block=block, level=6, depth_nodes=13,
+                            rtol=1e-7, atol=1e-9)
+    LM = [64, 256, 1024]
+    f_err, h_err = [], []
+    for n in LM:
+        r = mn.train_resnet(**prob.arrays(), L=n, M=1, alpha=1.0, eta=0.2, steps=K, block=block, seeds=range(32))
+        f_err.append(measure.rms(r.f[:, K] - lim.f[K]))
+        h_err.append(measure.rms(r.h[:, K] - lim.h[K]))
+    assert lim.error_estimate < 0.1 * min(f_err), (lim.error_estimate, f_err)
+    for errs in (f_err, h_err):
+        fit = measure.loglog_slope(LM, errs)
+        assert abs(fit.slope + 0.5) < 0.15, (fit, errs)

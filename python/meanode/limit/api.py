@@ -244,8 +244,10 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
             each level's rotation is picked among 32 to alias them least
             (:mod:`meanode.limit.adapt`); ``"screened"``: rotations screened against the u/v
             coordinate planes only.
-            ``replicates`` (RQMC scramblings, default 8); ``fold`` (use the z -> -z symmetry;
-            default: when the block allows it); ``seed`` (rotations, scramblings).
+            ``replicates`` (RQMC scramblings, default 8; ``config["quadrature_rms_se"]`` records
+            the RMS over entries of the standard error of their mean, beside the max-abs 3 standard
+            errors of the estimate); ``fold`` (use the z -> -z symmetry; default: when the block
+            allows it); ``seed`` (rotations, scramblings).
 
     Returns a :class:`~meanode.limit.engine.LimitResult`; ``error_estimate`` bounds the max-abs
     output error: quadrature gap between ``level`` and ``coarse`` (or 3 RQMC standard errors),
@@ -340,7 +342,9 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
             run = replace(run, grid=DepthGrid(Q))
             raws = [quad(r) for r in reps]
             fs = torch.stack([r["f"] for r in raws])
-            spread = 3.0 * float((fs.std(0, unbiased=True) / math.sqrt(R)).max())
+            se = fs.std(0, unbiased=True) / math.sqrt(R)  # standard error of the mean, per entry
+            spread = 3.0 * float(se.max())
+            config["quadrature_rms_se"] = float(se.pow(2).mean().sqrt())  # its RMS over steps, samples, outputs
             return _finish(run, raws, fs.mean(0), f"quadrature/rqmc(2^{level} x {R})", {"quadrature": spread},
                            config, t0)
         return _refine_depth(solve, depth_nodes, config)
