@@ -253,6 +253,9 @@ def test_shapes_records_and_seeds_batched_like_2lp():
     both = mn.train_resnet(**prob.arrays(), L=3, M=2, alpha=[1.0, 2.0], eta=0.2, steps=2, seeds=[1, 1], block=block)
     two = mn.train_resnet(**prob.arrays(), L=3, M=2, alpha=2.0, eta=0.2, steps=2, seeds=[1], block=block)
     assert np.allclose(both.f[0], one.f[0], rtol=0, atol=1e-13) and np.allclose(both.f[1], two.f[0], rtol=0, atol=1e-13)
+    f32 = mn.train_resnet(**prob.arrays(), L=3, M=2, alpha=1.0, eta=0.2, steps=2, seeds=[1], block=block,
+                          dtype=torch.float32)
+    assert f32.f.dtype == np.float32 and np.abs(f32.f[0] - one.f[0]).max() < 1e-5  # float32 resolution ~1e-7
     lim = mn.mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=1, block=block, rule="gauss_hermite", level=2)
     assert lim.f.shape == (2, 4, 5) and lim.h.shape == (2, 4, 3, 2) and lim.h_eval.shape == (2, 2, 3, 2)
     assert lim.H.shape[-3:] == (6, 3, 2) and lim.B.shape[-3:] == (4, 3, 2)

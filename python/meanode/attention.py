@@ -196,7 +196,7 @@ class AttentionHeadBlock(Block):
         ``d_h = sum_p w_p (W_Q^T dq + W_K^T dk + W_V^T dv) / D``."""
         d, D, r = self.d_head, self.D, self._r
         qkv, A, c, W_qkv, W_O = self._forward(h, z, inplace)
-        N, T, P = h.shape[-3], h.shape[-2], z.shape[-2]
+        P = z.shape[-2]
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., N, T, d, P)
         g = _token_matmul(b, W_O.transpose(-1, -2)).unflatten(-1, (d, P))  # W_O b_t: (..., N, T, d, P)
         if r != 1.0:

@@ -396,9 +396,10 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         unit_movement=movement.cpu().numpy(),
         diverged=(diverged_step >= 0).cpu().numpy(), diverged_step=diverged_step.cpu().numpy(),
         seeds=seeds,
-        config=dict(L=L, M=M, D=D, N=N, **({"T": T} if seq else {}), alpha=alphas[0] if len(set(alphas)) == 1 else alphas, eta=eta, steps=K,
+        config=dict(L=L, M=M, D=D, N=N, alpha=alphas[0] if len(set(alphas)) == 1 else alphas, eta=eta, steps=K,
                     block=repr(block), scaling=(scaling.a, scaling.b), multiplier=_scalar_or_list(c),
                     learning_rate=_scalar_or_list(lam),
-                    dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold),
+                    dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold,
+                    **({"T": T} if seq else {})),
         wall_time=time.perf_counter() - t0, **weights,
     )
