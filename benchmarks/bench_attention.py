@@ -58,7 +58,7 @@ def main() -> None:
         print(f"  chunk 2^{chunk.bit_length() - 1:<2d}  drift {median_time(lambda: blk.drift(h, z, w), a.reps):.4f}"
               f"  vjp_h {median_time(lambda: blk.vjp_h(h, z, w, b), a.reps):.4f}"
               f"  vjp_z {median_time(lambda: blk.vjp_z(h, z, b), a.reps):.4f}")
-    blk.chunk = 2**21
+    blk.chunk = 2**17  # the default
 
     def autograd_vjp_h():
         hh = h.clone().requires_grad_(True)

@@ -189,7 +189,7 @@ def figure(res, e_rows, lim, two, path: str, a) -> None:
     L = np.array([r["L"] for r in e_rows], dtype=float)
     bx.loglog(L, [r["euler_f"] for r in e_rows], "o-", label="Euler part: RMS of the seed mean (output)")
     bx.loglog(L, [r["fluct_f"] / math.sqrt(48) for r in e_rows], "s:", label="seed noise of the mean")
-    bx.loglog(L, e_rows[0]["euler_f"] / L, color="0.6", lw=0.8, label="slope -1")
+    bx.loglog(L, e_rows[0]["euler_f"] * L[0] / L, color="0.6", lw=0.8, label="slope -1")
     bx.axhline(lim.error_estimate, color="r", lw=0.8, ls="--", label="limit's error estimate")
     bx.set_xlabel("L (M = 256 heads per layer, 48 seeds)")
     bx.set_title("Euler part vs depth", fontsize=10)

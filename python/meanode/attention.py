@@ -52,7 +52,7 @@ class AttentionHeadBlock(Block):
 
     sequence = True
 
-    def __init__(self, D: int, d_head: int = 1, *, chunk: int = 2**21):
+    def __init__(self, D: int, d_head: int = 1, *, chunk: int = 2**17):
         for name, val in (("D", D), ("d_head", d_head), ("chunk", chunk)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
