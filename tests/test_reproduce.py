@@ -12,7 +12,7 @@ from meanode import reproduce as rp
 from meanode.sweep import load_sweep
 
 FAMILIES = ("error_vs_L", "hidden_width", "euler_fluctuation", "sqrt_D", "residual_scale", "lazy", "limit_check",
-            "phase_diagram", "shapes_MD", "shapes_P")
+            "phase_diagram", "shapes_MD", "shapes_P", "attention_heads", "large_d")
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ if _os.environ.get("MEANODE_IMPORT_JULIACALL_FIRST", "").lower() in ("1", "yes",
 
 from . import measure
 from .activations import ACTIVATIONS, Activation, get_activation
+from .attention import AttentionHeadBlock
 from .blocks import Block, TwoLayerBlock, check_block
-from .data import Problem, coupled_embeddings, default_data
+from .data import Problem, coupled_embeddings, default_data, sequence_data
 from .limit import GaussHermite, Lattice, LimitResult, RQMC, RuleFamily, Smolyak, lazy_limit, mean_ode_limit
 from .limit import InfiniteDResult, embedded_closure, infinite_d_limit
 from .resnet import MLU, Scaling, TrainResult, init_weights, resnet_gradient, train_resnet
@@ -22,8 +23,8 @@ from .solvers import SolverError
 __version__ = "0.1.0"
 
 __all__ = [
-    "measure", "ACTIVATIONS", "Activation", "Block", "TwoLayerBlock", "check_block", "get_activation",
-    "Problem", "coupled_embeddings", "default_data",
+    "measure", "ACTIVATIONS", "Activation", "Block", "TwoLayerBlock", "AttentionHeadBlock", "check_block",
+    "get_activation", "Problem", "coupled_embeddings", "default_data", "sequence_data",
     "MLU", "Scaling", "TrainResult", "init_weights", "resnet_gradient", "train_resnet",
     "LimitResult", "lazy_limit", "mean_ode_limit", "Lattice", "GaussHermite", "Smolyak", "RQMC", "RuleFamily",
     "SolverError",

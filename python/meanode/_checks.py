@@ -81,12 +81,21 @@ def as_tensor(name: str, x, ndim: int, dtype: torch.dtype, device: torch.device,
     return t
 
 
-def check_problem(X, Y, W_E, W_U, X_eval, dtype, device, dtype_hint: str = "convert it, or pass dtype="):
+def check_problem(X, Y, W_E, W_U, X_eval, dtype, device, dtype_hint: str = "convert it, or pass dtype=",
+                  sequence: bool = False):
     """Validate and convert the data/embedding arrays; returns tensors ``X, Y, W_E, W_U, X_eval``.
 
-    ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, ``X_eval (N_eval, d_in)``.
+    ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, ``X_eval (N_eval, d_in)``;
+    for a sequence block (``sequence=True``) ``X (N, T, d_in)`` and ``X_eval (N_eval, T, d_in)``
+    with the same T.
     """
-    X = as_tensor("X", X, 2, dtype, device, dtype_hint)
+    if sequence and np.ndim(X) == 2:
+        raise ValueError(f"X has shape {tuple(np.shape(X))}: a sequence block (e.g. AttentionHeadBlock) needs "
+                         "X of shape (N, T, d_in), T tokens per sample (for one token use X[:, None, :])")
+    if not sequence and np.ndim(X) == 3:
+        raise ValueError(f"X has shape {tuple(np.shape(X))}, sequence data (N, T, d_in), but the block is not a "
+                         "sequence block: pass block=AttentionHeadBlock(...) (or X of shape (N, d_in))")
+    X = as_tensor("X", X, 3 if sequence else 2, dtype, device, dtype_hint)
     Y = as_tensor("Y", Y, 2, dtype, device, dtype_hint)
     W_E = as_tensor("W_E", W_E, 2, dtype, device, dtype_hint)
     W_U = as_tensor("W_U", W_U, 2, dtype, device, dtype_hint)
@@ -94,16 +103,21 @@ def check_problem(X, Y, W_E, W_U, X_eval, dtype, device, dtype_hint: str = "conv
         raise ValueError(f"X and Y disagree on the number of samples: {X.shape[0]} vs {Y.shape[0]}")
     if X.shape[0] < 1:
         raise ValueError("X must hold at least one sample")
-    if W_E.shape[1] != X.shape[1]:
-        raise ValueError(f"W_E has shape {tuple(W_E.shape)}, expected (D, d_in) with d_in = {X.shape[1]}")
+    if sequence and X.shape[1] < 1:
+        raise ValueError("X must hold at least one token per sample (T >= 1)")
+    if W_E.shape[1] != X.shape[-1]:
+        raise ValueError(f"W_E has shape {tuple(W_E.shape)}, expected (D, d_in) with d_in = {X.shape[-1]}")
     if W_U.shape[0] != W_E.shape[0]:
         raise ValueError(f"W_U has {W_U.shape[0]} rows but W_E has D = {W_E.shape[0]}")
     if W_U.shape[1] != Y.shape[1]:
         raise ValueError(f"W_U has shape {tuple(W_U.shape)}, expected (D, d_out) with d_out = {Y.shape[1]}")
     if X_eval is not None:
-        X_eval = as_tensor("X_eval", X_eval, 2, dtype, device, dtype_hint)
-        if X_eval.shape[1] != X.shape[1]:
-            raise ValueError(f"X_eval has {X_eval.shape[1]} columns, expected d_in = {X.shape[1]}")
+        X_eval = as_tensor("X_eval", X_eval, 3 if sequence else 2, dtype, device, dtype_hint)
+        if X_eval.shape[-1] != X.shape[-1]:
+            raise ValueError(f"X_eval has {X_eval.shape[-1]} features per input, expected d_in = {X.shape[-1]}")
+        if sequence and X_eval.shape[1] != X.shape[1]:
+            raise ValueError(f"X_eval has T = {X_eval.shape[1]} tokens per sample but X has T = {X.shape[1]}: "
+                             "train and held-out sequences must have the same length")
     return X, Y, W_E, W_U, X_eval
 
 
@@ -126,7 +140,7 @@ def resolve_device(device) -> torch.device:
 MAX_SEED = 2**63 - 1
 
 
-def check_seeds(seeds, name: str = "seeds") -> tuple[int, ...]:
+def check_seeds(seeds, name: str = "seeds", allow_repeats: bool = False) -> tuple[int, ...]:
     """A non-empty sequence of distinct integer seeds in [0, 2^63): ``range(8)``, ``[0, 3]``, a numpy
     integer array. Refused, naming ``name``: a bare int or string, floats and bools (``1.7`` is not
     a seed), negatives (``-1`` would be the same network as ``2^64 - 1``), too large, repeats."""
@@ -141,7 +155,7 @@ def check_seeds(seeds, name: str = "seeds") -> tuple[int, ...]:
         out.append(int(s))
     if not out:
         raise ValueError(f"{name} must name at least one seed")
-    if len(set(out)) != len(out):
+    if not allow_repeats and len(set(out)) != len(out):
         dup = sorted({s for s in out if out.count(s) > 1})
         raise ValueError(f"{name} repeats seeds {dup}: each member of an ensemble needs its own seed")
     return tuple(out)

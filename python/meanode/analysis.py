@@ -145,7 +145,7 @@ def quantity(st, name: str, step: int = -1, idx: np.ndarray | None = None) -> tu
             d = x - _per_point(st, f"{X}_ref", i, step)[None]
             vals[i] = np.sqrt(np.mean(d.mean(axis=0) ** 2))
             if idx is not None:
-                boot[:, i] = np.sqrt(np.mean(d[idx].mean(axis=1) ** 2, axis=(1, 2)))
+                boot[:, i] = np.sqrt(np.mean(d[idx].mean(axis=1) ** 2, axis=tuple(range(1, d.ndim))))
             continue
         # fluct / noise: reference-free
         E = st.sizes["seed"]
@@ -158,7 +158,7 @@ def quantity(st, name: str, step: int = -1, idx: np.ndarray | None = None) -> tu
         scale = 1.0 / math.sqrt(x.shape[0]) if kind == "noise" else 1.0
         vals[i] = np.sqrt(np.mean(x.var(axis=0, ddof=1))) * scale
         if idx is not None:
-            boot[:, i] = np.sqrt(np.mean(x[idx].var(axis=1, ddof=1), axis=(1, 2))) * scale
+            boot[:, i] = np.sqrt(np.mean(x[idx].var(axis=1, ddof=1), axis=tuple(range(1, x.ndim)))) * scale
     return vals, boot
 
 
@@ -525,4 +525,91 @@ def reference_rows(ref_dir: Path) -> list[dict]:
                             tol_met=int(a.get("tol_met", -1)), verified=bool(int(a.get("verified", 1))),
                             warnings=json.loads(a.get("warnings", "[]")), reason=str(a.get("reason", "")),
                             wall_time=float(a["wall_time"])))
+    return out
+
+
+# --- large D (SPEC §6, the follow-up's linear experiment) -------------------------------------------
+
+#: (name, variable, what, reference) of the large-D errors a ``measure.large_d`` sweep records
+LARGE_D_ERRORS = (("hidden (max over depth of the mean abs(h_d - H_d))", "ld_err_hd"),
+                  ("hidden (RMS at s = 1)", "ld_err_h"), ("output (RMS)", "ld_err_f"))
+
+
+def _large_d_table(st, var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(L, M, D, err (P, S), excluded)``: the shapes (L, M, D) with every seed of every embedding
+    (S = seeds x embeddings); shapes with a non-finite (diverged) error are left out and named."""
+    L, M, D = (param(st, k).astype(float) for k in ("L", "M", "D"))
+    shapes = sorted(set(zip(L, M, D)))
+    rows, keep, excluded = [], [], []
+    vals = np.asarray(st[var].values, dtype=float)  # (point, seed)
+    for shape in shapes:
+        sel = np.flatnonzero((L == shape[0]) & (M == shape[1]) & (D == shape[2]))
+        e = vals[sel].reshape(-1)
+        if not np.all(np.isfinite(e)) or np.any(e <= 0):
+            excluded.append(f"L={shape[0]:g},M={shape[1]:g},D={shape[2]:g}: {int(np.sum(~np.isfinite(e)))} of "
+                            f"{e.size} runs diverged / non-finite")
+            continue
+        rows.append(e)
+        keep.append(shape)
+    if not keep:
+        return np.array([]), np.array([]), np.array([]), np.zeros((0, 0)), excluded
+    width = min(len(r) for r in rows)
+    k = np.array(keep)
+    return k[:, 0], k[:, 1], k[:, 2], np.stack([r[:width] for r in rows]), excluded
+
+
+def large_d_analysis(st, n_boot: int = 400) -> dict:
+    """The three-term split of SPEC §6 with exact references: the fits
+    ``err_h^2 = a D/(LM) + b/D + c/L^2`` and ``err_f^2 = a' (D/(LM))^2 + b'/D`` (finite vs D = infinity,
+    bootstrap CIs over seeds and embeddings), the finite-vs-closure terms, the closure-vs-infinity
+    gap vs D (predicted -1/2), and the best-shape slopes in P = L M D (-1/6 hidden, -1/5 output)."""
+    from . import large_d as ld
+    out: dict = dict(models=[], gap=[], p_slopes=[], excluded=[])
+    for title, var in LARGE_D_ERRORS:
+        L, M, D, e, excl = _large_d_table(st, f"{var}_inf")
+        out["excluded"] += [f"{title}: {x}" for x in excl]
+        if e.shape[0] < 4:
+            continue
+        fit = (ld.fit_output_model if var == "ld_err_f" else ld.fit_hidden_model)(L, M, D, e, n_boot=n_boot)
+        out["models"].append(dict(title=f"{title}, finite vs D = infinity", fit=fit, n=e.shape[0], seeds=e.shape[1]))
+        Lc, Mc, Dc, ec, _ = _large_d_table(st, f"{var}_cl")
+        if ec.shape[0] >= 3:
+            if var == "ld_err_f":
+                F, names = np.stack([(Dc / (Lc * Mc)) ** 2, 1.0 / Lc ** 2], 1), ("a' [(D/(LM))^2]", "c' [1/L^2]")
+            else:
+                F, names = np.stack([Dc / (Lc * Mc), 1.0 / Lc ** 2], 1), ("a [D/(LM)]", "c [1/L^2]")
+            fc = ld.fit_error_model(F, ec, names, n_boot=n_boot)
+            out["models"].append(dict(title=f"{title}, finite vs the fixed-D closure", fit=fc, n=ec.shape[0],
+                                      seeds=ec.shape[1]))
+        P = L * M * D
+        pred = -0.2 if var == "ld_err_f" else -1 / 6
+        try:
+            env = ld.envelope_slope(P, np.sqrt(np.mean(e ** 2, axis=1)))
+            out["p_slopes"].append(dict(title=title, fit=env, predicted=pred, decades=float(np.log10(P.max() / P.min()))))
+        except ValueError as err:
+            out["p_slopes"].append(dict(title=title, fit=None, predicted=pred, why=str(err)))
+    gvar = {"ld_err_hd": "ld_gap_hd", "ld_err_h": "ld_gap_h", "ld_err_f": "ld_gap_f"}
+    D_all = param(st, "D").astype(float)
+    for title, var in LARGE_D_ERRORS:
+        g = np.asarray(st[gvar[var]].values, dtype=float)
+        Ds = sorted(set(D_all))
+        rms = np.array([np.sqrt(np.mean(g[D_all == d] ** 2)) for d in Ds])
+        if len(Ds) >= 2 and np.all(np.isfinite(rms)) and np.all(rms > 0):
+            out["gap"].append(dict(title=title, D=np.array(Ds), gap=rms, fit=loglog_slope(np.array(Ds), rms),
+                                   predicted=-0.5))
+    return out
+
+
+def split_ratios(st, qty: str = "total_f") -> list[tuple[float, float, float, float]]:
+    """At each L*M with both: ``(LM, deep, square, deep / square)`` for the one-unit-per-layer split
+    (M = 1) and the square one (L = M, or the nearest)."""
+    y, _ = quantity(st, qty)
+    L, M = param(st, "L").astype(float), param(st, "M").astype(float)
+    out = []
+    for lm in sorted(set(L * M)):
+        sel = np.flatnonzero(L * M == lm)
+        deep = [i for i in sel if M[i] == 1]
+        sq = sorted(sel, key=lambda i: abs(np.log(L[i] / M[i])))
+        if deep and sq and sq[0] != deep[0]:
+            out.append((lm, float(y[deep[0]]), float(y[sq[0]]), float(y[deep[0]] / y[sq[0]])))
     return out

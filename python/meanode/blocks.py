@@ -62,6 +62,11 @@ class Block:
     closure_exact: bool = False
     #: the activation whose lazy kernel gives the alpha -> infinity limit (SPEC §4.2; 2LP), or None.
     lazy_activation: Activation | None = None
+    #: True for a block acting on sequences (:class:`meanode.AttentionHeadBlock`): the hidden
+    #: state of a sample is ``(T, D)`` (T tokens), ``h, b: (..., N, T, D)``, ``phi -> (..., N, P, T, D)``,
+    #: ``d_h_phi -> (..., N, P, T, D, T, D)``, ``d_z_phi -> (..., N, P, T, D, dz)``; the data are
+    #: ``X (N, T, d_in)`` and the readout pools over tokens (:mod:`meanode.readout`).
+    sequence: bool = False
 
     # --- the definition of a block -------------------------------------------------
     def phi(self, h: Tensor, z: Tensor) -> Tensor:
@@ -83,19 +88,26 @@ class Block:
 
     # --- fused contractions (generic) ------------------------------------------------
     def drift(self, h: Tensor, z: Tensor, w: Tensor | float) -> Tensor:
-        """``sum_j w_j phi(h; z_j)``: ``(..., N, D)``."""
-        p = self.phi(h, z)  # (..., N, P, D)
+        """``sum_j w_j phi(h; z_j)``: ``(..., N, D)`` (sequence blocks: ``(..., N, T, D)``)."""
+        p = self.phi(h, z)  # (..., N, P, D) or (..., N, P, T, D)
+        if self.sequence:
+            return _weighted(p.movedim(-3, -4), w).sum(-4)
         return _weighted(p.transpose(-3, -2), w).sum(-3)
 
     def vjp_h(self, h: Tensor, z: Tensor, w: Tensor | float, b: Tensor) -> Tensor:
-        """``sum_j w_j d_h phi(h; z_j)^T b``: ``(..., N, D)``."""
-        J = self.d_h_phi(h, z)  # (..., N, P, D, D)
+        """``sum_j w_j d_h phi(h; z_j)^T b``: ``(..., N, D)`` (sequence blocks: ``(..., N, T, D)``)."""
+        J = self.d_h_phi(h, z)  # (..., N, P, D, D) or (..., N, P, T, D, T, D)
+        if self.sequence:
+            vj = torch.einsum("...nptisj,...nti->...npsj", J, b)
+            return _weighted(vj.movedim(-3, -4), w).sum(-4)
         vj = torch.einsum("...npij,...ni->...npj", J, b)
         return _weighted(vj.transpose(-3, -2), w).sum(-3)
 
     def vjp_z(self, h: Tensor, z: Tensor, b: Tensor) -> Tensor:
-        """``sum_n d_z phi(h_n; z_j)^T b_n`` per unit: ``(..., P, dz)``."""
-        J = self.d_z_phi(h, z)  # (..., N, P, D, dz)
+        """``sum_n d_z phi(h_n; z_j)^T b_n`` per unit (sequence blocks: summed over tokens too): ``(..., P, dz)``."""
+        J = self.d_z_phi(h, z)  # (..., N, P, D, dz) or (..., N, P, T, D, dz)
+        if self.sequence:
+            return torch.einsum("...nptik,...nti->...pk", J, b)
         return torch.einsum("...npik,...ni->...pk", J, b)
 
     def vjp(self, h: Tensor, z: Tensor, w: Tensor | float, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,6 +231,8 @@ def check_block(block, D: int) -> Block:
     kappa = getattr(block, "kappa", None)
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or kappa <= 0:
         raise ValueError(f"block.kappa must be a positive number, got {kappa!r}")
+    if not isinstance(getattr(block, "sequence", False), bool):
+        raise TypeError(f"block.sequence must be True or False, got {block.sequence!r}")
     var = block.variance
     if var is not None and (isinstance(var, bool) or not isinstance(var, (int, float)) or not math.isfinite(var) or var <= 0):
         raise ValueError(f"block.variance must be None or a positive number, got {var!r}")

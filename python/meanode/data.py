@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import integer
 
-__all__ = ["default_data", "coupled_embeddings", "Problem"]
+__all__ = ["default_data", "sequence_data", "coupled_embeddings", "Problem"]
 
 
 def default_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +25,23 @@ def default_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> t
         integer(name, val, 1)
     rng = np.random.default_rng(integer("seed", seed, 0))
     X = rng.standard_normal((N, d_in))
+    Y = rng.standard_normal((N, d_out))
+    return X, Y
+
+
+def sequence_data(N: int = 10, T: int = 3, d_in: int = 5, d_out: int = 5,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic sequence data for sequence blocks: tokens ``x_{n,t}`` and targets ``y_n`` iid
+    ``N(0, I)``; returns ``X (N, T, d_in), Y (N, d_out)``.
+
+    Drawn like :func:`default_data` (X first, then Y, from ``numpy.random.default_rng(seed)``),
+    so ``T = 1`` gives exactly ``default_data``'s arrays with a token axis: ``X[:, 0]``.
+    """
+    for name, val in (("N", N), ("T", T), ("d_in", d_in), ("d_out", d_out)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"{name} must be a positive integer, got {val!r}")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, T, d_in))
     Y = rng.standard_normal((N, d_out))
     return X, Y
 
@@ -54,6 +71,7 @@ class Problem:
 
     ``X (N, d_in)``, ``Y (N, d_out)``, ``W_E (D, d_in)``, ``W_U (D, d_out)``, and optional
     held-out inputs ``X_eval (N_eval, d_in)`` that are evaluated but never trained on.
+    Sequence problems (:meth:`sequences`) have ``X (N, T, d_in)``, ``X_eval (N_eval, T, d_in)``.
     """
 
     X: np.ndarray
@@ -75,6 +93,22 @@ class Problem:
         W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=integer("embed_seed", embed_seed, 0), D_max=D_max)
         # held-out inputs from their own stream: asking for them never changes the training set
         X_eval = np.random.default_rng([data_seed, 2]).standard_normal((N_eval, d_in)) if N_eval else None
+        return cls(X, Y, W_E, W_U, X_eval)
+
+    @property
+    def T(self) -> int | None:
+        """Tokens per sample for sequence data (``X`` 3-D), else None."""
+        return int(self.X.shape[1]) if self.X.ndim == 3 else None
+
+    @classmethod
+    def sequences(cls, D: int = 2, T: int = 3, *, N: int = 10, d_in: int = 5, d_out: int = 5, data_seed: int = 0,
+                  embed_seed: int = 0, D_max: int | None = None, N_eval: int = 0) -> "Problem":
+        """Sequence data (:func:`sequence_data`) for a sequence block such as
+        :class:`meanode.AttentionHeadBlock`, with the embeddings of :meth:`default` (same seeds,
+        same ``W_E``, ``W_U``): ``X (N, T, d_in)``, tokens iid ``N(0, I)``, embedded token-wise."""
+        X, Y = sequence_data(N, T, d_in, d_out, seed=data_seed)
+        W_E, W_U = coupled_embeddings(D, d_in, d_out, seed=embed_seed, D_max=D_max)
+        X_eval = np.random.default_rng([data_seed, 2]).standard_normal((N_eval, T, d_in)) if N_eval else None
         return cls(X, Y, W_E, W_U, X_eval)
 
     def arrays(self) -> dict:

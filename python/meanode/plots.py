@@ -23,7 +23,7 @@ from . import analysis as R
 from .report import fmt_predicted
 
 __all__ = ["STYLE", "error_vs_L", "hidden_width", "euler_fluctuation", "sqrt_D", "residual_scale", "lazy",
-           "limit_check", "phase_diagram", "shapes_MD", "shapes_P"]
+           "limit_check", "phase_diagram", "shapes_MD", "shapes_P", "attention", "large_d"]
 
 STYLE = {
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "legend.fontsize": 8, "xtick.labelsize": 9,
@@ -541,4 +541,91 @@ def shapes_P(ds_p, out_dir, name="shapes_P") -> list[str]:
     shapes = ", ".join(f"({int(l)},{int(m)},{int(d)})" for l, m, d in zip(R.param(st, "L")[o], R.param(st, "M")[o], R.param(st, "D")[o]))
     ax.set_title(f"Optimal shapes (L, M, D): {shapes}", fontsize=8)
     fig.suptitle(f"Error vs parameter count ({_settings(st, skip=('D',))})")
+    return _save(fig, out_dir, name)
+
+
+def attention(ds_att, ds_euler, out_dir, name="attention_heads") -> list[str]:
+    """Attention heads as units (issue 13): output and hidden error vs L*M for each split (one head
+    per layer to square), and the Euler part vs L."""
+    st = R.stack(ds_att)
+    fig, axes = _fig(15, 5.2, 3)
+    L, M = R.param(st, "L").astype(float), R.param(st, "M").astype(float)
+    LM = L * M
+    kind = np.where(M == 1, "one head per layer (M = 1)", np.where(M == 4, "4 heads per layer",
+                                                                    "square (L = M)"))
+    for ax, qty, what in ((axes[0], "total_f", "output"), (axes[1], "total_h", "hidden")):
+        y, lo, hi = _band(st, qty)
+        floor = R.ref_floor(st, qty)
+        groups = [k for k in ("one head per layer (M = 1)", "4 heads per layer", "square (L = M)") if (kind == k).any()]
+        for j, g in enumerate(groups):
+            s = _series(kind, g, LM)
+            _errbar(ax, LM[s], y[s], lo[s], hi[s], color=_cmap(len(groups))[j], marker=_MARKERS[j], ls="-", label=g)
+        _guide(ax, LM, y, -0.5)
+        f = floor[np.isfinite(floor)]
+        _floor(ax, float(f.max()) if f.size else None, "limit's own error estimate")
+        ax.set(xscale="log", yscale="log", xlabel="L*M (depth x heads per layer)", ylabel=f"{what} RMS error at step K",
+               title=f"{what} error vs L*M")
+        _keep_ylim_to_data(ax, y)
+        _legend_below(ax, ncol=2)
+    ax = axes[2]
+    if ds_euler is not None:
+        se = R.stack(ds_euler)
+        Le = R.param(se, "L").astype(float)
+        o = np.argsort(Le)
+        eu, lo, hi = _band(se, "euler_f")
+        noise, _ = R.quantity(se, "noise_f")
+        _errbar(ax, Le[o], eu[o], lo[o], hi[o], marker="o", ls="-", color="C3", label="Euler part (seed mean)")
+        ax.plot(Le[o], noise[o], ls=":", color="0.4", label="its seed noise fluct / sqrt(E)")
+        _guide(ax, Le, eu, -1.0)
+        ax.set(xscale="log", yscale="log", xlabel="depth L", ylabel="output RMS of the seed mean",
+               title=f"Euler part vs L (M = {int(R.param(se, 'M')[0])})")
+        _legend_below(ax, ncol=1)
+    else:
+        ax.set_axis_off()
+    fig.suptitle(f"Attention heads as the units of a residual block ({_settings(st)}, T = "
+                 f"{json.loads(st.attrs['spec'])['fixed'].get('T', 3)} tokens)")
+    return _save(fig, out_dir, name)
+
+
+def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
+    """SPEC §6 with exact references: finite vs the fixed-D closure against D/(L M) (the
+    sqrt(D/(LM)) term), the closure vs D = infinity gap against D (the 1/sqrt(D) term), and the
+    error vs P = L M D with the best shapes' envelope."""
+    st = R.stack(ds)
+    res = res if res is not None else R.large_d_analysis(st, n_boot=50)
+    fig, axes = _fig(15, 5.2, 3)
+    L, M, D = (R.param(st, k).astype(float) for k in ("L", "M", "D"))
+    ax = axes[0]
+    for j, (var, lab) in enumerate((("ld_err_h_cl", "hidden RMS"), ("ld_err_f_cl", "output RMS"))):
+        e = np.sqrt(np.nanmean(np.asarray(st[var].values, float) ** 2, axis=1))
+        ok = np.isfinite(e)
+        ax.scatter((D / (L * M))[ok], e[ok], s=10, alpha=0.6, color=f"C{j}", label=f"{lab}, finite vs fixed-D closure")
+        _guide(ax, (D / (L * M))[ok], e[ok], 0.5 if j == 0 else 1.0, label=f"slope {'+1/2' if j == 0 else '+1'}",
+               color=f"C{j}")
+    ax.set(xscale="log", yscale="log", xlabel="D / (L M)", ylabel="error at step K (seed RMS)",
+           title="the fluctuation term: finite vs its own fixed-D limit")
+    _legend_below(ax, ncol=2)
+    ax = axes[1]
+    for j, g in enumerate(res["gap"]):
+        ax.plot(g["D"], g["gap"], marker=_MARKERS[j], color=f"C{j}", label=f"{g['title']}: slope {g['fit'].slope:+.2f}")
+    if res["gap"]:
+        _guide(ax, res["gap"][0]["D"], res["gap"][0]["gap"], -0.5)
+    ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", ylabel="closure vs D = inf (RMS over embeddings)",
+           title="the 1/sqrt(D) term (exact references)")
+    _legend_below(ax, ncol=1)
+    ax = axes[2]
+    P = L * M * D
+    for j, (var, lab, slope) in enumerate((("ld_err_hd_inf", "hidden (max over depth)", -1 / 6),
+                                           ("ld_err_f_inf", "output", -0.2))):
+        e = np.sqrt(np.nanmean(np.asarray(st[var].values, float) ** 2, axis=1))
+        ok = np.isfinite(e) & (e > 0)
+        ax.scatter(P[ok], e[ok], s=8, alpha=0.35, color=f"C{j}", label=f"{lab}, every shape")
+        env = next((p for p in res["p_slopes"] if p["title"].startswith(lab.split(" ")[0]) and p.get("fit")), None)
+        _guide(ax, P[ok], e[ok], slope, label=f"predicted {fmt_predicted(slope)}", color=f"C{j}", factor=0.3)
+        if env is not None:
+            ax.plot([], [], " ", label=f"best-shape slope {env['fit'].slope:+.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="P = L M D", ylabel="error vs D = infinity at step K",
+           title="error vs parameter count")
+    _legend_below(ax, ncol=2)
+    fig.suptitle(f"Large D, the follow-up's linear experiment with exact references ({_settings(st)})")
     return _save(fig, out_dir, name)

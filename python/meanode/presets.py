@@ -83,8 +83,48 @@ def _fits(roles: set[str]) -> tuple[FitSpec, ...]:
           where=(("D", "max"), ("LM", (">=", "D"))), **fluct),
         F("p_h", "hidden error vs P = L M D, best shapes", "psweep", "total_h", "P", -1 / 6),
         F("p_f", "output error vs P = L M D, best shapes", "psweep", "total_f", "P", -0.2),
+        F("attn_m1", "attention: output error vs L*M, one head per layer (M = 1)", "attention", "total_f", "LM",
+          -0.5, where=(("M", 1),), **fluct),
+        F("attn_sq", "attention: output error vs L*M, L = M", "attention", "total_f", "LM", -0.5,
+          where=(("M", (">=", "L")), ("L", (">=", "M"))), **fluct),
+        F("attn_h", "attention: hidden error vs L*M, one head per layer", "attention", "total_h", "LM", -0.5,
+          where=(("M", 1),), **fluct),
+        F("attn_euler", "attention: Euler part (seed mean), output, vs L", "attention_euler", "euler_f", "L", -1.0,
+          dominance="euler"),
     ]
     return tuple(f for f in fits if f.sweep in roles)
+
+
+def _splits(LMs: list[int]) -> list[dict]:
+    """(L, M) rows at each L*M: one head per layer (L M, 1), four per layer, and the square split."""
+    rows = []
+    for lm in LMs:
+        r = int(round(np.sqrt(lm)))
+        for L, M in ((lm, 1), (lm // 4, 4), (r, lm // r)):
+            if L >= 1 and dict(L=L, M=M) not in rows:
+                rows.append(dict(L=L, M=M))
+    return rows
+
+
+def _attention(fixed: dict, LMs: list[int], seeds: int, reference: dict, euler_L: list[int], euler_M: int,
+               euler_seeds: int) -> list[tuple[str, SweepSpec]]:
+    """The attention-head sweeps (issue 13): error vs L*M for several splits, and the Euler part vs L."""
+    att = dict(fixed, block="attention", activation="tanh")
+    return [("attention", S("attention", zip=_splits(LMs), fixed=att, seeds=seeds, reference=reference,
+                            description="attention heads as units: error vs L*M, splits down to one head per layer")),
+            ("attention_euler", S("attention_euler", grid=dict(L=euler_L), fixed=dict(att, M=euler_M), seeds=euler_seeds,
+                                  reference=reference))]
+
+
+def _large_d(sizes: list[int], embed_seeds: list[int], seeds: int, K: int = 5) -> tuple[str, SweepSpec]:
+    """The follow-up paper's linear experiment (SPEC §6, issue 12): L, M, D on a grid, the identity
+    activation, exact references (the fixed-D closure and D = infinity), errors at step K (the
+    published step 5: later steps cannot change it)."""
+    fixed = dict(data="linear", activation="identity", alpha=1.0, eta=0.1, K=K, N=1, N_eval=0, d_in=3, d_out=3,
+                 D_max=max(sizes))
+    return ("large_d", S("large_d", grid=dict(L=sizes, M=sizes, D=sizes, embed_seed=embed_seeds), fixed=fixed,
+                         seeds=seeds, reference=dict(method="none"), measure=dict(large_d=True, store_h=False),
+                         description="linear experiment of the follow-up paper with exact references"))
 
 
 def S(name: str, *, grid=None, zip=None, fixed=None, **kw) -> SweepSpec:
@@ -136,6 +176,9 @@ def preset(name: str) -> Preset:
             ("psweep", S("psweep", zip=[dict(L=l, M=m, D=d) for l, m, d in shapes], fixed=dict(base, N_eval=0, D_max=ref_shape[2]),
                          seeds=5, reference=dict(method="network", L=ref_shape[0], M=ref_shape[1], D=ref_shape[2], seeds=2),
                          measure=dict(store_h=False))),
+            *_attention(dict(base, D=2, T=3, K=5), _pow2(4, 14), 32, dict(method="quadrature", rule="rqmc", level=17),
+                        _pow2(1, 6), 1024, 128),
+            _large_d(_logspace_int(10, 499, 15), [0, 1, 2], 5),
         ]
         notes = ("full preset: published sizes of SPEC §6 (md: L = 50, M and D on 20 log-spaced values in [1, 2000], "
                  "5 seeds, K = 15, the largest network as reference); meant for a GPU or a cluster.",)
@@ -164,6 +207,9 @@ def preset(name: str) -> Preset:
             ("psweep", S("psweep", zip=[dict(L=2, M=8, D=4), dict(L=3, M=23, D=8), dict(L=4, M=64, D=16), dict(L=6, M=181, D=32)],
                          fixed=dict(base, N_eval=0, D_max=64), seeds=4,
                          reference=dict(method="network", L=8, M=512, D=64, seeds=4))),
+            *_attention(dict(base, D=1, T=2, N=6, N_eval=0, K=2), [16, 64, 256, 1024], 16, dict(method="quadrature"),
+                        [2, 4, 8, 16], 64, 32),
+            _large_d(_logspace_int(10, 160, 4), [0, 1], 3),
         ]
         return Preset("quick", tuple(sweeps), _fits({r for r, _ in sweeps}), (), workers=2)
     # tiny: the same plan at toy sizes (seconds), for tests and examples
@@ -190,6 +236,9 @@ def preset(name: str) -> Preset:
                  reference=dict(method="network", L=4, M=32, D=4, seeds=2))),
         ("psweep", S("psweep", zip=[dict(L=2, M=4, D=2), dict(L=2, M=8, D=4)], fixed=dict(base, N_eval=0, D_max=4), seeds=3,
                      reference=dict(method="network", L=4, M=32, D=4, seeds=2))),
+        *_attention(dict(base, D=1, T=2, N=3, N_eval=0, K=1), [4, 16], 3, dict(method="quadrature", rule="gauss_hermite",
+                                                                              level=4), [2, 4], 8, 3),
+        _large_d([10, 20], [0], 2, K=2),
     ]
     return Preset("tiny", tuple(sweeps), _fits({r for r, _ in sweeps}), (), workers=1)
 

@@ -107,6 +107,66 @@ def _fmt(v: float, spec: str = ".1e") -> str:
     return "–" if v is None or not np.isfinite(v) else format(v, spec)
 
 
+def _interval(fit) -> str:
+    return _ci(fit.ci) if hasattr(fit, "ci") else "n/a"
+
+
+def large_d_section(res: dict, tol: float = SLOPE_TOLERANCE) -> str:
+    """The large-D section (SPEC §6): fitted coefficients with intervals, the 1/sqrt(D) gap slopes and
+    the best-shape P slopes, each with its computed verdict."""
+    L = ["\n## Large D (SPEC §6): the follow-up's linear experiment with exact references\n",
+         "Fits of the seed-mean squared error (non-negative least squares, relative weights; 95% bootstrap "
+         "intervals over model seeds and embeddings):\n",
+         "| error | points x runs | coefficients [95% CI] |", "| --- | --- | --- |"]
+    for m in res["models"]:
+        f = m["fit"]
+        coefs = "; ".join(f"{n} = {c:.3g} [{lo:.3g}, {hi:.3g}]" for n, c, (lo, hi) in zip(f.names, f.coef, f.ci))
+        L.append(f"| {m['title']} | {m['n']} x {m['seeds']} | {coefs} |")
+    zero = [f"{m['title']}: {n}" for m in res["models"] for n, (lo, hi) in zip(m["fit"].names, m["fit"].ci) if hi <= 0]
+    L.append("\n" + (("Terms whose interval is [0, 0] (not resolved by these sizes): " + "; ".join(zero) + ".")
+                     if zero else "Every fitted term has a positive interval.") + "\n")
+    L.append("| term | fitted slope [95% CI] | predicted | verdict |")
+    L.append("| --- | --- | --- | --- |")
+    for g in res["gap"]:
+        fit = g["fit"]
+        dev = fit.slope - g["predicted"]
+        word = f"agrees (within {tol:g})" if abs(dev) <= tol else f"differs by {dev:+.2f}"
+        L.append(f"| fixed-D closure vs D = infinity, {g['title']}, vs D | {fit.slope:+.3f} {_ci(fit.ci)} | "
+                 f"{fmt_predicted(g['predicted'])} | {word} |")
+    for p in res["p_slopes"]:
+        if p.get("fit") is None:
+            L.append(f"| best shapes, {p['title']}, vs P | not fitted ({p.get('why', '')}) | "
+                     f"{fmt_predicted(p['predicted'])} | – |")
+            continue
+        fit = p["fit"]
+        dev = fit.slope - p["predicted"]
+        word = f"agrees (within {tol:g})" if abs(dev) <= tol else f"differs by {dev:+.2f}"
+        L.append(f"| best shapes, {p['title']}, vs P over {p['decades']:.1f} decades | {fit.slope:+.3f} {_ci(fit.ci)} | "
+                 f"{fmt_predicted(p['predicted'])} | {word} |")
+    if res["excluded"]:
+        L.append("\nShapes left out of the fits (diverged runs are never zeroed):\n")
+        L.extend(f"* {e}" for e in res["excluded"])
+    return "\n".join(L) + "\n"
+
+
+def attention_section(fits: list[SlopeFit], ratios: list[tuple], tol: float = SLOPE_TOLERANCE) -> str:
+    """The attention-heads section (issue 13): its slopes (from the main table) and, at each L*M,
+    one head per layer against the square split."""
+    L = ["\n## Attention heads as units\n"]
+    att = [f for f in fits if f.spec.sweep.startswith("attention")]
+    for f in att:
+        L.append(f"* {f.spec.title}: {f.slope:+.3f} {_ci(f.ci_boot)} vs {fmt_predicted(f.spec.predicted)}: {verdict(f, tol)}.")
+    if ratios:
+        L.append("\n| L*M | one head per layer | square split | ratio |")
+        L.append("| --- | --- | --- | --- |")
+        for lm, deep, sq, r in ratios:
+            L.append(f"| {lm:g} | {deep:.3e} | {sq:.3e} | {r:.3f} |")
+        worst = max(abs(r - 1) for *_, r in ratios)
+        L.append(f"\nAt every L*M the two splits differ by at most {worst:.0%} "
+                 f"({'within' if worst <= 0.1 else 'more than'} 10%).")
+    return "\n".join(L) + "\n"
+
+
 def write_report(path, *, preset: str, fits: list[SlopeFit], rate: RateFit | None, phase_rows: list[dict] | None,
                  residual_rows: list[dict] | None, references: list[dict], divergences: list[str], figures: list[str],
                  sweeps: list[dict], timing: dict, machine: dict, notes: list[str], lazy: dict | None = None,

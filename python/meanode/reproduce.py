@@ -69,6 +69,12 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
         rate = A.fit_rate(stacked["width"])
     phase_rows = A.phase_table(stacked["phase"]) if "phase" in stacked else None
     residual_rows = A.residual_table(stacked["residual"]) if "residual" in stacked else None
+    extra = []
+    large = A.large_d_analysis(stacked["large_d"]) if "large_d" in stacked else None
+    if large is not None:
+        extra.append(R.large_d_section(large))
+    if "attention" in stacked:
+        extra.append(R.attention_section(fits, A.split_ratios(stacked["attention"])))
     timing["fits"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fig_dir = out / "figures"
@@ -85,6 +91,8 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
         ("phase", lambda: plots.phase_diagram(d["phase"], fig_dir, rows=phase_rows)),
         ("md", lambda: plots.shapes_MD(d["md"], fig_dir)),
         ("psweep", lambda: plots.shapes_P(d["psweep"], fig_dir)),
+        ("attention", lambda: plots.attention(d["attention"], d.get("attention_euler"), fig_dir)),
+        ("large_d", lambda: plots.large_d(d["large_d"], fig_dir, res=large)),
     ]
     for role, fn in jobs:
         if role in d and (role != "euler" or "width" in d):
@@ -107,7 +115,8 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
                           residual_rows=residual_rows, references=A.reference_rows(out / "references"), divergences=divs,
                           figures=[str(Path(f).relative_to(out)) for f in figs if f.endswith(".png")]
                           + [str(Path(f).relative_to(out)) for f in figs if f.endswith(".pdf")],
-                          sweeps=sweep_rows, timing=timing, machine=_machine(workers), notes=notes, lazy=lazy)
+                          sweeps=sweep_rows, timing=timing, machine=_machine(workers), notes=notes, lazy=lazy,
+                          extra_sections=extra)
 
 
 def dry_run(name: str, out=None, file=None) -> dict:

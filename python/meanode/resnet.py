@@ -34,6 +34,7 @@ from ._checks import (check_problem, check_seeds, nonnegative_int, positive_floa
                       resolve_device, resolve_dtype, warn_outside_regime)
 from . import _trainer_2lp
 from .blocks import Block, TwoLayerBlock, check_block
+from .readout import readout, readout_adjoint
 
 __all__ = ["Scaling", "MLU", "TrainResult", "train_resnet", "init_weights", "resnet_gradient", "diverged"]
 
@@ -80,7 +81,7 @@ class TrainResult:
     Step ``k = 0..K`` is recorded *before* the k-th update (k = 0 is the initialisation).
 
     f:        (E, K+1, N, d_out) outputs on the training inputs
-    h:        (E, K+1, N, D)     last hidden state ``h^L``
+    h:        (E, K+1, N, D)     last hidden state ``h^L`` ((E, K+1, N, T, D) for a sequence block)
     loss:     (E, K+1)           ``R`` on the training set
     f_eval, h_eval: the same on held-out inputs ``X_eval`` (None without them)
     hidden:   (E, K+1, L+1, N, D) every ``h^l`` when ``record_hidden=True`` (else None)
@@ -274,18 +275,22 @@ def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Blo
                     scaling: Scaling = MLU) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss ``R (E,)`` and its gradient ``dR/dz (E, L, M, dz)`` by the hand-written adjoint.
 
-    ``z (E, L, M, dz)`` and the arrays are tensors of one dtype/device. Used to check the
-    adjoint against autograd; training runs the same kernel.
+    ``z (E, L, M, dz)`` and the arrays are tensors of one dtype/device; ``X (N, d_in)``, or
+    ``X (N, T, d_in)`` for a sequence block. Used to check the adjoint against autograd;
+    training runs the same kernel.
     """
     E, L, M, _ = z.shape
     c = scaling.multiplier(alpha, L, M)
+    seq = block.sequence
+    if X.dim() != (3 if seq else 2):
+        raise ValueError(f"X must have shape {'(N, T, d_in)' if seq else '(N, d_in)'} for {block!r}, got {tuple(X.shape)}")
     N, D = X.shape[0], W_E.shape[0]
     kernel = _kernel(block, z.transpose(0, 1).contiguous())
-    hs = torch.empty(L + 1, E, N, D, dtype=z.dtype, device=z.device)
-    kernel.forward(c, (X @ W_E.T).expand(E, N, D), hs)
-    r = hs[L] @ W_U / D - Y
+    hs = torch.empty(L + 1, E, *X.shape[:-1], D, dtype=z.dtype, device=z.device)
+    kernel.forward(c, (X @ W_E.T).expand(E, *X.shape[:-1], D), hs)
+    r = readout(hs[L], W_U, seq) - Y
     grads = tuple(torch.zeros_like(p) for p in kernel.params)
-    kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, c, grads)
+    kernel.backward(c, hs, readout_adjoint(r, W_U, N, X.shape[1] if seq else None), N, c, grads)
     grad = grads[0] if len(grads) == 1 else torch.cat(grads, dim=-1)
     return 0.5 * r.pow(2).sum(dim=(1, 2)) / N, grad.transpose(0, 1)
 
@@ -299,7 +304,10 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
 
     Arguments:
         X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out): numpy arrays or tensors
-            (tensors must already have ``dtype`` and ``device``).
+            (tensors must already have ``dtype`` and ``device``). A sequence block
+            (``block.sequence``, e.g. :class:`~meanode.AttentionHeadBlock`) takes ``X (N, T, d_in)``,
+            embeds it token-wise and reads out ``f = W_U^T pool(h^L) / D`` (mean over tokens,
+            :mod:`meanode.readout`).
         L, M: depth and units per layer. eta: normalised learning rate.
         alpha: residual scale; a sequence of E values gives each ensemble member its own alpha
             (member e: seed ``seeds[e]``, alpha ``alpha[e]``), so alpha sweeps batch like seeds.
@@ -310,7 +318,8 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
             ``z`` (E, L, M, dz); ``seeds`` then only labels the members.
         block: any :class:`~meanode.blocks.Block` (default: 2LP with ``activation``).
         scaling: exponents (a, b) of SPEC §5 (default MLU).
-        X_eval (N_eval, d_in): held-out inputs, recorded but not trained on.
+        X_eval (N_eval, d_in) (sequence: (N_eval, T, d_in), the same T): held-out inputs,
+            recorded but not trained on.
         record_hidden: also record every ``h^l``.
         divergence_threshold: a seed whose loss or ``h^L`` is non-finite, or whose RMS
             per coordinate of ``h^L`` exceeds this, is marked diverged at that step and stops.
@@ -328,13 +337,19 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
     divergence_threshold = positive_float("divergence_threshold", divergence_threshold)
     if not isinstance(scaling, Scaling):
         raise TypeError(f"scaling must be a meanode.Scaling, got {type(scaling).__name__}")
-    X, Y, W_E, W_U, X_eval = check_problem(X, Y, W_E, W_U, X_eval, dtype, device)
+    seq = block is not None and getattr(block, "sequence", False) is True
+    X, Y, W_E, W_U, X_eval = check_problem(X, Y, W_E, W_U, X_eval, dtype, device, sequence=seq)
     D, N = W_E.shape[0], X.shape[0]
     block = TwoLayerBlock(D, activation) if block is None else check_block(block, D)
+    T = X.shape[1] if seq else None
     warn_outside_regime(D, L, M)
-    seeds = check_seeds(seeds)
+    seeds = check_seeds(seeds, allow_repeats=True)
     E = len(seeds)
     alphas = _alphas(alpha, E)
+    if len(set(zip(seeds, alphas))) != E:  # a repeated seed is a repeated network unless its alpha differs
+        dup = sorted({s for s, a in zip(seeds, alphas) if list(zip(seeds, alphas)).count((s, a)) > 1})
+        raise ValueError(f"seeds repeats seeds {dup} with the same alpha: each member of an ensemble needs its own "
+                         "seed (or its own alpha, for an alpha sweep)")
 
     if init is None:
         z = init_weights(block, L, M, seeds, dtype, device)
@@ -348,19 +363,20 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         c = scaling.multiplier(alphas[0], L, M)
         lam = scaling.learning_rate(eta, alphas[0], L, M, block.kappa)
     else:  # one value per member, broadcast over (E, n, *)
-        c = torch.tensor([scaling.multiplier(a, L, M) for a in alphas], dtype=dtype, device=device).reshape(E, 1, 1)
+        c = torch.tensor([scaling.multiplier(a, L, M) for a in alphas], dtype=dtype,
+                         device=device).reshape(E, *(1,) * (X.dim() if seq else 2))  # over (E, n, [T,] D)
         lam = torch.tensor([scaling.learning_rate(eta, a, L, M, block.kappa) for a in alphas], dtype=dtype,
                            device=device).reshape(E, 1, 1)
 
     X_all = X if X_eval is None else torch.cat([X, X_eval])
     n_all = X_all.shape[0]
-    h0 = (X_all @ W_E.T).expand(E, n_all, D)
-    hs = torch.empty(L + 1, E, n_all, D, dtype=dtype, device=device)
+    h0 = (X_all @ W_E.T).expand(E, *X_all.shape[:-1], D)  # (E, n, [T,] D)
+    hs = torch.empty(L + 1, *h0.shape, dtype=dtype, device=device)
 
     f_rec = torch.full((E, K + 1, n_all, W_U.shape[1]), float("nan"), dtype=dtype, device=device)
-    h_rec = torch.full((E, K + 1, n_all, D), float("nan"), dtype=dtype, device=device)
+    h_rec = torch.full((E, K + 1, *h0.shape[1:]), float("nan"), dtype=dtype, device=device)
     loss_rec = torch.full((E, K + 1), float("nan"), dtype=dtype, device=device)
-    hidden_rec = (torch.full((E, K + 1, L + 1, n_all, D), float("nan"), dtype=dtype, device=device)
+    hidden_rec = (torch.full((E, K + 1, L + 1, *h0.shape[1:]), float("nan"), dtype=dtype, device=device)
                   if record_hidden else None)
     active = torch.ones(E, dtype=torch.bool, device=device)
     diverged_step = torch.full((E,), -1, dtype=torch.long, device=device)
@@ -368,7 +384,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
     for k in range(K + 1):
         kernel.forward(c, h0, hs)
         hL = hs[L]
-        f = hL @ W_U / D  # (E, n_all, d_out)
+        f = readout(hL, W_U, seq)  # (E, n_all, d_out)
         r = f[:, :N] - Y
         loss = 0.5 * r.pow(2).sum(dim=(1, 2)) / N
         bad = active & diverged(loss, hL, divergence_threshold)
@@ -383,10 +399,10 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         if k == K or not bool(active.any()):
             break
         # backward: exact discrete adjoint, updating each layer as soon as its gradient is known
-        step = -lam * c
+        step = -lam * (c if isinstance(c, float) else c.reshape(E, 1, 1))  # over units (E, M, dz)
         if not bool(active.all()):
             step = step * active.to(dtype).reshape(E, 1, 1)
-        kernel.backward(c, hs, (r @ W_U.T) / (N * D), N, step, kernel.params)
+        kernel.backward(c, hs, readout_adjoint(r, W_U, N, T), N, step, kernel.params)
 
     zK = kernel.units()
     movement = (zK - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
@@ -408,6 +424,7 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
         config=dict(L=L, M=M, D=D, N=N, alpha=alphas[0] if len(set(alphas)) == 1 else alphas, eta=eta, steps=K,
                     block=repr(block), scaling=(scaling.a, scaling.b), multiplier=_scalar_or_list(c),
                     learning_rate=_scalar_or_list(lam),
-                    dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold),
+                    dtype=str(dtype), device=str(device), divergence_threshold=divergence_threshold,
+                    **({"T": T} if seq else {})),
         wall_time=time.perf_counter() - t0, **weights,
     )

@@ -73,8 +73,9 @@ def _check_inputs(X, Y, W_E, W_U, X_eval, *, alpha, eta, steps, rtol, atol, devi
         integer("depth_nodes", depth_nodes, 3)
     max_rhs = integer("max_rhs", max_rhs, 100)
     divergence_threshold = positive_float("divergence_threshold", divergence_threshold)
+    seq = block is not None and getattr(block, "sequence", False) is True
     Xt, Yt, WE, WU, Xe = check_problem(X, Y, W_E, W_U, X_eval, torch.float64, device,
-                                       dtype_hint="the limit computes in float64: pass float64 arrays")
+                                       dtype_hint="the limit computes in float64: pass float64 arrays", sequence=seq)
     D = WE.shape[0]
     block = TwoLayerBlock(D, activation) if block is None else check_block(block, D)
     return _Inputs(Xt, Yt, WE, WU, Xe, block, alpha, eta, K, rtol, atol, device, depth_nodes, max_rhs,
@@ -102,6 +103,7 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     Arguments:
         X (N, d_in), Y (N, d_out), W_E (D, d_in), W_U (D, d_out): the very arrays the finite
             networks use (SPEC §8); X_eval: held-out inputs, evaluated but not trained on.
+            A sequence block (``block.sequence``) takes ``X (N, T, d_in)``, ``X_eval (N_eval, T, d_in)``.
         alpha, eta, steps: residual scale, normalised learning rate, K.
         activation: sigma of the 2LP block; or ``block=`` any :class:`~meanode.blocks.Block`.
         method: ``"closure"`` (exact, SPEC §4.1; blocks with ``closure_exact``, i.e. 2LP identity),
@@ -208,7 +210,8 @@ def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tan
                         device=device, depth_nodes=depth_nodes, block=block, activation=activation,
                         max_rhs=max_rhs, divergence_threshold=divergence_threshold)
     if inp.block.lazy_activation is None:
-        raise ValueError(f"{inp.block!r} has no lazy limit (it declares no lazy_activation with a kernel)")
+        raise ValueError(f"{inp.block!r} has no lazy limit: the lazy ODE (SPEC §4.2) is the kernel limit of the 2LP "
+                         "block, whose activation carries the kernel (the block declares no lazy_activation)")
     Q = CHEAP_DEPTH if depth_nodes == "auto" else depth_nodes
     be, choice, note = choose_backend(solver, backend, inp.block, inp.device)
     spec = inp.spec(choice, Q, progress)

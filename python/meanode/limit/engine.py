@@ -24,6 +24,7 @@ import time
 import torch
 from torch import Tensor
 
+from ..readout import readout, readout_adjoint
 from ..solvers import ODEStats, SolverChoice, SolverError, integrate
 from .depth import DepthGrid
 from .result import Run
@@ -38,6 +39,7 @@ class Dynamics:
     ``forward(s, h)``: ``h (n, D) -> dh/ds (n, D)`` (n = training plus held-out inputs).
     ``adjoint(s, h, b)``: ``h, b (N, D) -> db/ds (N, D)`` (training inputs only).
     ``update(H, B)``: ``H, B (Q, N, D)`` = ``h_k, b_k`` at the depth nodes -> next unit state.
+    Sequence data (``X (N, T, d_in)``, a sequence block) carry a token axis: ``h, b (n, T, D)``.
     """
 
     name: str = "dynamics"
@@ -63,9 +65,11 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
     Divergence (the trainer's rule, SPEC §7): when the forward state of step k becomes non-finite
     or its RMS exceeds ``divergence_threshold``, the loop stops; ``diverged_step = k`` and every
     record from step k on is NaN (never a number). ``max_rhs`` caps the right-hand-side
-    evaluations of each solve (a :class:`~meanode.solvers.SolverError` naming the cap)."""
+    evaluations of each solve (a :class:`~meanode.solvers.SolverError` naming the cap).
+    ``X (N, T, d_in)`` (3-D) is sequence data: token-wise embedding, pooled readout (:mod:`meanode.readout`)."""
     t0 = time.perf_counter()
-    N, D = X.shape[0], W_E.shape[0]
+    N = X.shape[0]
+    seq = X.dim() == 3
     X_all = X if X_eval is None else torch.cat([X, X_eval])
     h0 = X_all @ W_E.T
     s_fwd, s_bwd = grid.s, grid.s[::-1].copy()
@@ -84,7 +88,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
                 print(f"  [{dyn.name}] step {k}/{K}: diverged ({e})", file=sys.stderr, flush=True)
             break
         stats.add(st)
-        f = H[-1] @ W_U / D
+        f = readout(H[-1], W_U, seq)
         Hs.append(H)
         fs.append(f)
         tail = max(tail, grid.relative_tail(H))
@@ -95,7 +99,7 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
         if k == K:
             break
         H_train = H[:, :N]
-        b1 = (f[:N] - Y) @ W_U.T / (N * D)
+        b1 = readout_adjoint(f[:N] - Y, W_U, N, X.shape[1] if seq else None)
 
         def adjoint(s, b, H_train=H_train):
             return dyn.adjoint(s, grid.interp(H_train, s), b)
@@ -110,10 +114,10 @@ def run_limit(dyn: Dynamics, X: Tensor, Y: Tensor, W_E: Tensor, W_U: Tensor, X_e
     n, d_out = h0.shape[0], W_U.shape[1]
     nan = float("nan")
     while len(Hs) < K + 1:  # after a divergence: NaN, never zeros
-        Hs.append(torch.full((grid.Q, n, D), nan, dtype=h0.dtype, device=h0.device))
+        Hs.append(torch.full((grid.Q, *h0.shape), nan, dtype=h0.dtype, device=h0.device))
         fs.append(torch.full((n, d_out), nan, dtype=h0.dtype, device=h0.device))
     while len(Bs) < K:
-        Bs.append(torch.full((grid.Q, N, D), nan, dtype=h0.dtype, device=h0.device))
-    B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, D), dtype=h0.dtype, device=h0.device)
+        Bs.append(torch.full((grid.Q, N, *h0.shape[1:]), nan, dtype=h0.dtype, device=h0.device))
+    B_all = torch.stack(Bs) if Bs else torch.empty((0, grid.Q, N, *h0.shape[1:]), dtype=h0.dtype, device=h0.device)
     return Run(H=torch.stack(Hs), B=B_all, f=torch.stack(fs), stats=stats, depth_tail=tail,
                diverged_step=diverged_step)

@@ -113,6 +113,13 @@ def _h1(run: Run) -> torch.Tensor:
     return run.H[:, -1]
 
 
+def rms_standard_error(runs: list[Run]) -> float:
+    """RMS over steps, samples and outputs of the standard error of the replicate mean of ``f``
+    (the RQMC figure in the norm of RMS errors; the estimate itself is max-abs)."""
+    fs = torch.stack([r.f for r in runs])
+    return float((fs.std(0, unbiased=True) / math.sqrt(len(runs))).pow(2).mean().sqrt())
+
+
 def _quad_parts(fine: list[Run], coarse: Run | None, rqmc: bool) -> tuple[dict, dict, bool, str]:
     """(f part, h part, verified, reason) of the quadrature estimate (module docstring)."""
     if rqmc:
@@ -120,6 +127,7 @@ def _quad_parts(fine: list[Run], coarse: Run | None, rqmc: bool) -> tuple[dict, 
         fs, hs = torch.stack([r.f for r in fine]), torch.stack([_h1(r) for r in fine])
         se = lambda x: 3.0 * float((x.std(0, unbiased=True) / math.sqrt(R)).max())  # noqa: E731
         return {"quadrature": se(fs)}, {"quadrature": se(hs)}, True, ""
+
     m = mean_run(fine)
     gap_f = _max_abs(m.f - coarse.f)
     gap_h = _max_abs(_h1(m) - _h1(coarse))
@@ -204,6 +212,8 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             runs = fine + ([] if coarse is None else [coarse])
             config.update(level=rule.level, coarse=None if rqmc else rule.coarse, nodes=cache.nodes[rule.level],
                           replicates=rule.replicates)
+            if rqmc:
+                config["quadrature_rms_se"] = rms_standard_error(fine)
             label = rule.label() if rqmc else f"{rule.label()}" + (f" x {rule.replicates} rotations"
                                                                     if rule.replicates > 1 else "")
             res = package(inp, inp.spec(choice, Q, progress), runs, mean_run(fine), f"quadrature/{label}", (fq, hq),

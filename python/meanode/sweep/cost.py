@@ -50,12 +50,14 @@ def estimate_reference_seconds(ident: dict) -> float:
         return estimate_point_seconds(s, len(ident["seeds"]))
     from ..blocks import TwoLayerBlock
     from ..limit.options import as_rule
+    from .training import block as block_of
 
-    block = TwoLayerBlock(ident["D"], ident["activation"])
+    block = block_of(dict(ident, d_head=ident.get("d_head", 1))) or TwoLayerBlock(ident["D"], ident["activation"])
     opts = {k: ident[k] for k in ("level", "coarse") if ident.get(k) is not None}
     rule = as_rule(ident.get("rule") or "auto", block, **opts)
     nodes = rule.num_nodes(block.dz) / (2 if block.odd_symmetric else 1)
-    return 0.5 + 2.5e-6 * nodes * K1 ** 2 * n / 20
+    per_node = 2.5e-6 * (20.0 * ident.get("T", 1) ** 2 if ident.get("block") == "attention" else 1.0)
+    return 0.5 + per_node * nodes * K1 ** 2 * n / 20
 
 
 def memory_limit_bytes() -> int:

@@ -14,7 +14,7 @@ from .store import MERGED_ENGINE, read_checked
 
 __all__ = ["merge_points", "load_sweep", "DIM_ORDER"]
 
-DIM_ORDER = ("seed", "step", "sample", "sample_eval", "out", "coord")
+DIM_ORDER = ("seed", "step", "sample", "sample_eval", "out", "token", "coord")
 _INT_FILL = {"diverged": -1, "diverged_step": -2, "ref_diverged": 0}
 
 

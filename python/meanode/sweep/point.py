@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -32,19 +33,22 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
     seeds = spec.point_seeds(point)
     prob = problem(s)
     scaling = Scaling(s["a"], s["b"])
-    res = train(prob, s, seeds, s["L"], s["M"], s["alpha_eff"], scaling)
+    res = train(prob, s, seeds, s["L"], s["M"], s["alpha_eff"], scaling, record_hidden=spec.measure.large_d)
     store_h = spec.measure.store_h
     store_h = (s["D"] <= 64) if store_h == "auto" else bool(store_h)
     h0 = prob.X @ prob.W_E.T
-    S, SK, SSN, SSC = ("seed",), ("seed", "step"), ("seed", "step", "sample", "out"), ("seed", "step", "sample", "coord")
+    tok = ("token",) if res.h.ndim == 5 else ()  # sequence data: a token axis before the coordinates
+    S, SK, SSN = ("seed",), ("seed", "step"), ("seed", "step", "sample", "out")
+    SSC = ("seed", "step", "sample", *tok, "coord")
+    rest = tuple(range(1, res.h.ndim - 1))  # everything but the seed axis of h at one step
     v: dict[str, tuple] = {
         "loss": (SK, res.loss),
         "f": (SSN, res.f),
         "diverged": (S, res.diverged.astype(np.int8)),
         "diverged_step": (S, res.diverged_step.astype(np.int32)),
-        "init_dev": (S, rms(res.h[:, 0] - h0[None], axis=(1, 2))),
+        "init_dev": (S, rms(res.h[:, 0] - h0[None], axis=rest)),
         "out_change": (S, rms(res.f[:, -1] - res.f[:, 0], axis=(1, 2))),
-        "feature_change": (S, rms(res.h[:, -1] - res.h[:, 0], axis=(1, 2)) / rms(h0)),
+        "feature_change": (S, rms(res.h[:, -1] - res.h[:, 0], axis=rest) / rms(h0)),
         "unit_movement": (S, res.unit_movement),
         "fluct_f": (("step",), fluctuation(res.f, keep=1)),
         "fluct_h": (("step",), fluctuation(res.h, keep=1)),
@@ -57,7 +61,7 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
     if store_h:
         v["h"] = (SSC, res.h)
         if has_eval:
-            v["h_eval"] = (("seed", "step", "sample_eval", "coord"), res.h_eval)
+            v["h_eval"] = (("seed", "step", "sample_eval", *tok, "coord"), res.h_eval)
     if spec.measure.linearisation or spec.measure.preactivation:
         ex = phase.extra_observables(**{k: a for k, a in prob.arrays().items() if k != "X_eval"}, L=s["L"], M=s["M"],
                                      alpha=s["alpha_eff"], eta=s["eta"], steps=s["K"], activation=s["activation"],
@@ -66,6 +70,8 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
                                      divergence_threshold=s["divergence_threshold"])
         for k, a in ex.items():
             v[k] = (S, a)
+    if spec.measure.large_d:
+        v.update(_large_d_errors(s, prob, res))
     attrs = {}
     if ref is not None and ref["status"] != "ok":  # no limit to measure against: errors stay absent (NaN merged)
         v["ref_diverged"] = ((), np.int8(1 if ref["status"] == "diverged" else 2))
@@ -78,10 +84,10 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
             attrs.update(precision_note=f"{s['dtype']} network vs float64 reference")
         D = s["D"]
         pairs = [("f", res.f, ref["f"], ("step", "sample", "out")),
-                 ("h", res.h, ref["h"][..., :D], ("step", "sample", "coord"))]
+                 ("h", res.h, ref["h"][..., :D], ("step", "sample", *tok, "coord"))]
         if has_eval:
             pairs += [("f_eval", res.f_eval, ref["f_eval"], ("step", "sample_eval", "out")),
-                      ("h_eval", res.h_eval, ref["h_eval"][..., :D], ("step", "sample_eval", "coord"))]
+                      ("h_eval", res.h_eval, ref["h_eval"][..., :D], ("step", "sample_eval", *tok, "coord"))]
         for name, x, xr_, dims in pairs:
             split = error_split(x, xr_, keep=1)
             v[f"err_{name}"] = (SK, split.per_seed)
@@ -114,6 +120,48 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
                     meanode_version=__version__, torch_version=str(torch.__version__), host=platform.node(),
                     training_wall_time=float(res.wall_time))
     return ds
+
+
+@functools.lru_cache(maxsize=8)
+def _infinite_d(data_seed: int, alpha: float, eta: float, K: int):
+    """The D = infinity limit of the linear experiment's data (it depends on no embedding)."""
+    from ..large_d import linear_experiment_problem
+    from ..limit import infinite_d_limit
+    p = linear_experiment_problem(1, data_seed=data_seed)
+    return infinite_d_limit(p.X, p.Y, alpha=alpha, eta=eta, steps=K, var_E=1.0, var_U=1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _closure(D: int, D_max: int, data_seed: int, embed_seed: int, alpha: float, eta: float, K: int):
+    """The fixed-D closure of the point's very embedding (exact, reduced: its cost does not grow with D)."""
+    from ..large_d import linear_experiment_problem
+    from ..limit import embedded_closure
+    p = linear_experiment_problem(D, D_max=D_max, data_seed=data_seed, embed_seed=embed_seed)
+    return embedded_closure(p.X, p.Y, p.W_E, p.W_U, alpha=alpha, eta=eta, steps=K)
+
+
+def _large_d_errors(s: dict, prob, res) -> dict:
+    """SPEC §6's three-term split with exact references (:mod:`meanode.large_d`) at the last step:
+    finite vs D = infinity (``ld_*_inf``), finite vs the fixed-D closure (``ld_*_cl``), per seed; and
+    the closure vs D = infinity gap (``ld_gap_*``). ``hd``: the follow-up's max over depth of the
+    mean over coordinates of |h_d - H_d|; ``h``: RMS at s = 1 (SPEC §7); ``f``: RMS output."""
+    from ..large_d import step_errors
+    K = s["K"]
+    inf = _infinite_d(s["data_seed"], s["alpha_eff"], s["eta"], K)
+    cl = _closure(s["D"], s["D_max"], s["data_seed"], s["embed_seed"], s["alpha_eff"], s["eta"], K)
+    a, b = step_errors(res, inf, K, prob.W_E, prob.W_U), step_errors(res, cl, K, prob.W_E, prob.W_U)
+    S = ("seed",)
+    out = {f"ld_err_{name}_{which}": (S, getattr(e, attr)) for which, e in (("inf", a), ("cl", b))
+           for name, attr in (("hd", "hidden_max_mean"), ("h", "hidden_rms"), ("f", "output_rms"))}
+    L = res.hidden.shape[2] - 1
+    depth = np.arange(L + 1) / L
+    H_cl = cl.coordinates(prob.W_E, prob.W_U, s=depth).h[K][:, : prob.X.shape[0]]
+    H_inf = inf.coordinates(prob.W_E, prob.W_U, s=depth).h[K][:, : prob.X.shape[0]]
+    out["ld_gap_hd"] = ((), float(np.abs(H_cl - H_inf).mean(axis=(1, 2)).max()))
+    out["ld_gap_h"] = ((), float(np.sqrt(np.mean((H_cl[-1] - H_inf[-1]) ** 2))))
+    out["ld_gap_f"] = ((), float(np.sqrt(np.mean((cl.f[K] - inf.f[K]) ** 2))))
+    out["ld_ref_error"] = ((), float(inf.error_estimate + cl.error_estimate))
+    return out
 
 
 def key(spec: SweepSpec, point: Point) -> str:

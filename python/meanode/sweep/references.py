@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import Point, ReferenceSpec, SweepSpec, alpha_eff
+from .spec import DEFAULTS, Point, ReferenceSpec, SweepSpec, alpha_eff
 from .store import POINT_ENGINE, atomic_write, read_checked, reference_path
 from .training import device_name, problem, train
 
@@ -34,12 +34,17 @@ ERROR_NORMS = {"network": "rms (standard error of the seed mean over steps, samp
                "lazy": "max-abs (over steps, samples, outputs)"}
 
 
-def _method(ref: ReferenceSpec, activation: str, D: int) -> str:
+def _block_of(s: dict):
+    from ..blocks import TwoLayerBlock
+    from .training import block
+    return block(s) or TwoLayerBlock(s["D"], s["activation"])
+
+
+def _method(ref: ReferenceSpec, s: dict) -> str:
     if ref.method in ("network", "none"):
         return ref.method
-    from ..blocks import TwoLayerBlock
     from ..limit import resolve_method
-    return resolve_method(ref.method, TwoLayerBlock(D, activation))
+    return resolve_method(ref.method, _block_of(s))
 
 
 #: prefactor of the predicted finite-network output error ``C alpha sqrt(D / (L M))`` used to set a
@@ -51,6 +56,7 @@ TOLERANCE_FRACTION = 1 / 20
 
 
 def _predicted_error(s: dict) -> float:
+    """Predicted RMS output error of the finite network (before training), SPEC §3's fluctuation term."""
     return PREDICTED_ERROR_PREFACTOR * s["alpha_eff"] * math.sqrt(s["D"] / (s["L"] * s["M"]))
 
 
@@ -62,7 +68,7 @@ def auto_tolerance(spec: SweepSpec, point: Point) -> float:
 
 def _base_key(s: dict) -> tuple:
     return tuple(s[k] for k in ("N", "N_eval", "d_in", "d_out", "data_seed", "embed_seed", "D_max", "eta", "K",
-                                "activation", "D", "alpha_eff"))
+                                "activation", "D", "alpha_eff", "block", "d_head", "T", "data"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,12 +85,15 @@ def reference_identity(spec: SweepSpec, point: Point) -> dict | None:
     """What determines a point's reference (None for method ``none``)."""
     s = spec.settings(point)
     ref = spec.reference
-    method = _method(ref, s["activation"], s["D"])
+    method = _method(ref, s)
     if method == "none":
         return None
     ident = dict(method=method, N=s["N"], N_eval=s["N_eval"], d_in=s["d_in"], d_out=s["d_out"],
                  data_seed=s["data_seed"], embed_seed=s["embed_seed"], D_max=s["D_max"], eta=s["eta"], K=s["K"],
                  activation=s["activation"], depth_nodes=ref.depth_nodes, rtol=ref.rtol, atol=ref.atol)
+    for k in ("block", "d_head", "T", "data"):  # recorded where they differ from the 2LP defaults (stable keys)
+        if s.get(k, DEFAULTS[k]) != DEFAULTS[k] or (k in ("d_head", "T") and s.get("block") == "attention"):
+            ident[k] = s[k]
     if method == "network":
         ident.update(D=ref.D if ref.D is not None else s["D_max"], L=ref.L, M=ref.M, seeds=list(ref.seeds),
                      alpha=s["alpha_eff"] if s.get("gamma") is None else None, gamma=s.get("gamma"),
@@ -119,7 +128,8 @@ def _network(spec: SweepSpec, s: dict, ident: dict):
     E = len(ref.seeds)
     # statistical error of the seed mean: the standard error, RMS over samples and outputs,
     # largest over the steps (the Euler bias of the reference's own L is not included)
-    se = lambda x: float(np.max(np.sqrt(np.mean(x.var(axis=0, ddof=1), axis=(1, 2)) / E))) if E > 1 else float("nan")  # noqa: E731
+    se = lambda x: (float(np.max(np.sqrt(np.mean(x.var(axis=0, ddof=1), axis=tuple(range(1, x.ndim - 1))) / E)))  # noqa: E731
+                    if E > 1 else float("nan"))
     err = se(res.f)
     mean = lambda x: None if x is None else x.mean(0)  # noqa: E731
     arrays = dict(f=mean(res.f), h=mean(res.h), f_eval=mean(res.f_eval), h_eval=mean(res.h_eval))
@@ -133,6 +143,9 @@ def _limit(spec: SweepSpec, s: dict, method: str, ident: dict):
     prob = problem(s)
     common = dict(activation=s["activation"], rtol=ref.rtol, atol=ref.atol, depth_nodes=ref.depth_nodes,
                   device=device_name(s["device"]) if method == "quadrature" else "cpu")
+    from .training import block
+    if block(s) is not None:
+        common["block"] = block(s)
     if method == "lazy":
         lim = lazy_limit(**prob.arrays(), eta=s["eta"], steps=s["K"], divergence_threshold=s["divergence_threshold"],
                          **common)
@@ -177,10 +190,11 @@ def run_reference(spec: SweepSpec, point: Point, ref_dir) -> Path | None:
         extra = dict(h_error_estimate=float("nan"), verified=0, warnings="[]", tol=float("nan"), tol_met=-1)
     data = {}
     if status == "ok":
-        data = {"f": (("step", "sample", "out"), arrays["f"]), "h": (("step", "sample", "coord"), arrays["h"])}
+        tok = ("token",) if arrays["h"].ndim == 4 else ()  # sequence data
+        data = {"f": (("step", "sample", "out"), arrays["f"]), "h": (("step", "sample", *tok, "coord"), arrays["h"])}
         if arrays["f_eval"] is not None:
             data["f_eval"] = (("step", "sample_eval", "out"), arrays["f_eval"])
-            data["h_eval"] = (("step", "sample_eval", "coord"), arrays["h_eval"])
+            data["h_eval"] = (("step", "sample_eval", *tok, "coord"), arrays["h_eval"])
     ds = xr.Dataset(data, attrs=dict(format=REFERENCE_FORMAT, method=label, status=status, reason=reason,
                                      error_estimate=err, error_norm=ERROR_NORMS[method],
                                      error_parts=json.dumps(parts), identity=json.dumps(ident, default=str),

@@ -23,14 +23,17 @@ __all__ = ["FORMAT", "SWEEPABLE", "DEFAULTS", "FIXED_ONLY", "SweepSpecError", "S
            "MeasureSpec", "Point", "SweepSpec", "alpha_eff", "load_yaml"]
 
 FORMAT = "meanode-sweep-point/1"
-SWEEPABLE = ("L", "M", "D", "alpha", "eta", "a", "b", "activation", "seed", "gamma")
+SWEEPABLE = ("L", "M", "D", "alpha", "eta", "a", "b", "activation", "seed", "gamma", "embed_seed", "data_seed")
+#: the blocks a sweep can train (``fixed: {block: ...}``) and the data sets (``fixed: {data: ...}``)
+BLOCKS = ("2lp", "attention")
+DATA = ("default", "linear")
 DEFAULTS: dict[str, Any] = dict(
     L=None, M=None, D=2, alpha=1.0, eta=0.2, a=1.0, b=1.0, activation="tanh", gamma=None,
     K=3, N=10, N_eval=0, d_in=5, d_out=5, data_seed=0, embed_seed=0, D_max=None,
-    divergence_threshold=1e6, device="cpu", dtype="float64",
+    divergence_threshold=1e6, device="cpu", dtype="float64", block="2lp", d_head=1, T=3, data="default",
 )
 FIXED_ONLY = tuple(k for k in DEFAULTS if k not in SWEEPABLE)
-_POS_INT = {"L", "M", "D", "N", "d_in", "d_out", "D_max"}
+_POS_INT = {"L", "M", "D", "N", "d_in", "d_out", "D_max", "d_head", "T"}
 _NONNEG_INT = {"K", "N_eval", "data_seed", "embed_seed", "seed"}
 _REAL = {"a", "b", "gamma"}
 _POS_REAL = {"alpha", "divergence_threshold"}
@@ -73,6 +76,15 @@ def _check_value(source: str, fieldname: str, key: str, value):
     if key == "device":
         if not isinstance(value, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", value):
             raise _err(source, fieldname, f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {value!r}")
+        return value
+    if key == "block":
+        if value not in BLOCKS:
+            raise _err(source, fieldname, f"block must be one of {list(BLOCKS)}, got {value!r}")
+        return value
+    if key == "data":
+        if value not in DATA:
+            raise _err(source, fieldname, f"data must be one of {list(DATA)} (linear: the follow-up paper's "
+                                          f"large-D setup, meanode.large_d), got {value!r}")
         return value
     if key == "dtype":
         if value not in ("float64", "float32"):
@@ -196,11 +208,15 @@ class MeasureSpec:
     store_h: store hidden states ``h`` (and ``h_ref``): True, False or ``"auto"`` (D <= 64).
     linearisation / preactivation: the ``lin_dist`` / ``preact_move`` observables of
     :mod:`meanode.phase` (an extra training run with the weights kept; 2LP block only).
+    large_d: the large-D errors of SPEC §6 against the exact references of the identity activation
+    (:mod:`meanode.large_d`): the fixed-D closure of the point's embedding and the D = infinity limit,
+    hidden (max over depth of the mean over coordinates, and RMS at s = 1) and output, at the last step.
     """
 
     store_h: bool | str = "auto"
     linearisation: bool = False
     preactivation: bool = False
+    large_d: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping | None, source: str = "<spec>") -> "MeasureSpec":
@@ -209,7 +225,7 @@ class MeasureSpec:
         _check_fields(cls, d, source, "measure")
         if "store_h" in d and d["store_h"] not in (True, False, "auto"):
             raise _err(source, "measure.store_h", f"must be true, false or auto, got {d['store_h']!r}")
-        for k in ("linearisation", "preactivation"):
+        for k in ("linearisation", "preactivation", "large_d"):
             if k in d and not isinstance(d[k], bool):
                 raise _err(source, f"measure.{k}", f"must be true or false, got {d[k]!r}")
         return cls(**d)
@@ -428,9 +444,17 @@ class SweepSpec:
                 raise _err(source, "reference.method",
                            f"a limit reference exists only for the MLU scaling a = b = 1 (point {p.label} has "
                            f"a={s['a']}, b={s['b']}); use method: none")
+            if s["block"] == "attention" and method in ("closure", "lazy", "network"):
+                raise _err(source, "reference.method", f"method {method!r} is for the 2LP block; an attention "
+                           "block takes quadrature (or auto) or none")
+            if s["data"] == "linear" and (s["block"] != "2lp" or s["activation"] != "identity"):
+                raise _err(source, "fixed.data", "data 'linear' is the follow-up paper's identity experiment: "
+                           "activation identity, block 2lp")
+            if self.measure.large_d and s["data"] != "linear":
+                raise _err(source, "measure.large_d", "large_d errors need fixed: {data: linear}")
             if method == "closure" and s["activation"] != "identity":
                 raise _err(source, "reference.method", "closure is exact only for activation 'identity'")
-            if method in ("quadrature", "auto") and s["activation"] != "identity":
+            if s["block"] == "2lp" and method in ("quadrature", "auto") and s["activation"] != "identity":
                 if s["D"] > 3 and ref.rule == "gauss_hermite":
                     raise _err(source, "reference.method",
                                f"a tensor Gauss-Hermite reference in 2D = {2 * s['D']} dimensions (point {p.label}) "
