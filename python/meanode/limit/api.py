@@ -134,7 +134,10 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
             (``f`` and ``h``) are at most ``tol``, or until the next level would not finish within
             ``max_time`` seconds; ``result.tol_met`` says which (:mod:`meanode.limit.estimate`).
             ``tol`` also tightens ``rtol`` to at most ``tol / 100`` and ``atol`` to ``tol / 1000``, so
-            that the solver's own allowance stays an order below it.
+            that the solver's own allowance stays an order below it, and a lattice's ``tail`` (the
+            Gaussian mass its radial map leaves out, a floor of its error) to at most ``tol / 1000``.
+            Refinement also stops when two refinements in a row do not halve the estimate (a floor
+            the rule cannot pass) or when the next level would not fit in memory.
 
     Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` and
     ``h_error_estimate`` estimate the max-abs errors of ``f`` and ``h``: the quadrature part

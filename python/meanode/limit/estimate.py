@@ -26,7 +26,10 @@ independently rotated reference, and the worst ratio found.
 **Accuracy on request.** With ``tol``, the rule is refined (:meth:`~.options.RuleOptions.refined`:
 the level becomes the coarse one; depth nodes as ``depth_nodes="auto"``) until both estimates are
 at most ``tol``, or until the next level would not finish within ``max_time`` seconds (predicted
-from the last level's time and the node counts), and ``result.tol_met`` says which.
+from the last level's time and the node counts), would not fit in memory, or until two refinements
+in a row fail to halve the estimate (a floor of the rule); ``result.tol_met`` says which. A
+lattice's ``tail`` (the Gaussian mass its radial map leaves out: the default 5e-8 floors the error
+near 1e-7 at D = 1, measured) is set to at most ``tol / 1000``.
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             ridges = _pilot_ridges(inp, backend, choice, rule, fold, dict(config), t0)
             config.update(pilot_level=rule.pilot_level())
         config.update(spacing=rule.spacing, orient=rule.orient)
+    if tol is not None and isinstance(rule, Lattice):  # the truncated tail is a floor of the lattice's error
+        rule = replace(rule, tail=max(min(rule.tail, tol / 1000), MIN_TAIL))
     rqmc = isinstance(rule, RQMC)
     cache = _Cache(inp, backend, choice, rule, fold, ridges, progress)
     Q = AUTO_DEPTH[0] if inp.depth_nodes == "auto" else inp.depth_nodes
@@ -234,6 +239,11 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
         if floor > tol:  # no level can help: the solver's own allowance is above the tolerance
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the solver allowance {floor:.1e} alone "
                              "exceeds it (lower rtol and atol)")
+        best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried]
+        if len(tried) >= 3 and min(best[-2:]) > 0.5 * best[-3]:
+            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the estimates stalled near "
+                             f"{res.error_estimate:.1e} over the last two refinements (a floor of the rule "
+                             "at these options; try another rule or a smaller tail)")
         nxt = rule.refined(inp.block)
         ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
         predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
@@ -245,7 +255,32 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             return _with_tol(res, tol, False, tried, why)
         if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level exceeds the node limit")
+        need, avail = _level_bytes(nxt.num_nodes(inp.block.dz), inp, Q, nxt.replicates), _available_bytes()
+        if avail is not None and need > 0.5 * avail:
+            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level ({nxt.level}) needs "
+                             f"~{need / 2**30:.1f} GiB, more than half the {avail / 2**30:.1f} GiB available")
         rule = nxt
+
+
+#: smallest lattice tail that ``tol`` asks for (below it the radius grows without a measurable gain)
+MIN_TAIL = 1e-16
+
+
+def _level_bytes(nodes: int, inp, Q: int, replicates: int) -> float:
+    """Rough memory of one refinement level: the units ``(Q, P, dz)`` of every step, forward and
+    adjoint, for the replicates and the coarse run, float64, with a factor 4 for intermediates."""
+    return 4.0 * 8 * nodes * inp.block.dz * Q * (inp.K + 1) * 2 * (replicates + 1)
+
+
+def _available_bytes() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _with_tol(res: LimitResult, tol: float, met: bool, tried: list, why: str) -> LimitResult:
