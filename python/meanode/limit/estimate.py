@@ -157,20 +157,21 @@ class _Cache:
         self.runs: dict[tuple, Run] = {}
         self.nodes: dict[int, int] = {}
 
-    def node_set(self, level: int, rep: int) -> q.Rule:
+    def node_set(self, level: int, rep: int, coarse: bool = False) -> q.Rule:
         block = self.inp.block
         var = float(block.variance)
         if hasattr(self.rule, "replicate_rules"):  # RQMC: a set of scramblings per level
             rule = self.rule.replicate_rules(block.dz, var, level)[rep]
         else:
-            rule = self.rule.node_set(level, rep, block.dz, var, self.ridges)
+            rule = self.rule.node_set(level, rep, block.dz, var, self.ridges, coarse=coarse)
         return rule.fold_odd_symmetry() if self.fold else rule
 
-    def get(self, level: int, rep: int, Q: int) -> Run:
-        key = (level, rep, Q)
+    def get(self, level: int, rep: int, Q: int, coarse: bool = False) -> Run:
+        key = (level, rep, Q, coarse and hasattr(self.rule, "tail"))
         if key not in self.runs:
-            rule = self.node_set(level, rep)
-            self.nodes[level] = rule.num_nodes
+            rule = self.node_set(level, rep, coarse)
+            if not coarse:
+                self.nodes[level] = rule.num_nodes
             self.runs[key] = self.backend.run(self.inp.spec(self.choice, Q, self.progress), "quadrature", rule)
         return self.runs[key]
 
@@ -212,7 +213,7 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
         cache.rule = rule
         while True:  # depth nodes: refine while the depth allowance dominates (depth_nodes="auto")
             fine = [cache.get(rule.level, r, Q) for r in range(rule.replicates)]
-            coarse = None if rqmc else cache.get(rule.coarse, 0, Q)
+            coarse = None if rqmc else cache.get(rule.coarse, 0, Q, coarse=True)
             fq, hq, verified, reason = _quad_parts(fine, coarse, rqmc)
             runs = fine + ([] if coarse is None else [coarse])
             config.update(level=rule.level, coarse=None if rqmc else rule.coarse, nodes=cache.nodes[rule.level],

@@ -34,11 +34,10 @@ ORIENTS = ("pilot", "screened")
 #: spacing that keeps the node count (~ (level / spacing)^dz) in reach
 LATTICE_DEFAULTS = {1: (3.0, 40), 2: (3.0, 40), 3: (3.0, 12), 4: (3.0, 10), 5: (6.0, 10), 6: (6.0, 9),
                     7: (10.0, 12), 8: (10.0, 11)}
-#: Gaussian mass left out by the radial map, by dz (others: ``quadrature.lattice.DEFAULT_TAIL`` = 5e-8).
-#: At dz = 8 most nodes of the 5e-8 map sit at radii of little weight; measured on the default
-#: problem (D = 4, K = 15; docs/limit_quadrature.md) a tail of 1e-6 leaves the error at a given step h
-#: unchanged (bias below 5e-6 of the drift, 1.8x fewer nodes), while 1e-5 biases the drift by 1.8e-4
-LATTICE_TAILS = {8: 1e-6}
+#: the coarse lattice of the estimate leaves out this many times the fine level's Gaussian mass:
+#: the truncation error is then part of the gap (measured: with one tail for both levels, the D = 1
+#: default estimate fell to 0.97 x its distance to a reference with tail 1e-11; tests/test_estimates.py)
+COARSE_TAIL_FACTOR = 10.0
 
 
 def _opt_int(name: str, value, minimum: int) -> int | None:
@@ -83,8 +82,9 @@ class RuleOptions:
         """``rule(level, d, var) -> Rule``."""
         raise NotImplementedError
 
-    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None) -> q.Rule:
-        """The ``replicate``-th independent node set of ``level`` (deterministic rules: replicate 0 only)."""
+    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None, coarse: bool = False) -> q.Rule:
+        """The ``replicate``-th independent node set of ``level`` (deterministic rules: replicate 0
+        only); ``coarse``: the node set that the estimate compares the level with."""
         return self.family()(level, dz, var)
 
     def num_nodes(self, dz: int) -> int:
@@ -111,8 +111,10 @@ class Lattice(RuleOptions):
     ``"screened"`` (rotations screened against the u/v coordinate planes only; the default
     otherwise). replicates: independent rotations at the ``level`` (default 2): the result is their
     mean and their spread enters the error estimate beside the gap to the ``coarse`` level.
-    tail: the Gaussian mass left out by the radial map (default by dz, :data:`LATTICE_TAILS`;
-    a smaller mass costs nodes far out where the weight is small).
+    tail: the Gaussian mass left out by the radial map (default 5e-8,
+    :data:`~meanode.limit.quadrature.lattice.DEFAULT_TAIL`; a smaller mass costs nodes far out where
+    the weight is small; ``tol=`` lowers it to at most tol / 1000). The coarse level of the estimate
+    leaves out :data:`COARSE_TAIL_FACTOR` x as much, so that the gap includes the truncation.
     """
 
     spacing: float | None = None
@@ -145,15 +147,20 @@ class Lattice(RuleOptions):
         if orient == "pilot" and not is_2lp:
             raise ValueError("orient='pilot' reads the ridges of 2LP units; use orient='screened' for other blocks")
         coarse = self.coarse if self.coarse is not None else self.default_coarse(level)
-        tail = self.tail if self.tail is not None else LATTICE_TAILS.get(block.dz, DEFAULT_TAIL)
+        tail = self.tail if self.tail is not None else DEFAULT_TAIL
         return dataclasses.replace(self, level=level, coarse=coarse, spacing=float(spacing), orient=orient,
                                    tail=float(tail))
 
     def family(self, ridges=None) -> Callable[[int, int, float], q.Rule]:
         return q.lattice_family(self.spacing, seed=self.seed, ridges=ridges, tail=self.tail)
 
-    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None) -> q.Rule:
-        return self.family(ridges)(level, dz, var, replicate=replicate)
+    def node_set(self, level: int, replicate: int, dz: int, var: float, ridges=None, coarse: bool = False) -> q.Rule:
+        """``coarse``: the comparison level also leaves out :data:`COARSE_TAIL_FACTOR` x the tail, so
+        that the gap sees the truncation, which two levels with one tail would share."""
+        if not coarse:
+            return self.family(ridges)(level, dz, var, replicate=replicate)
+        tail = min(self.tail * COARSE_TAIL_FACTOR, 1e-3)
+        return dataclasses.replace(self, tail=tail).family(ridges)(level, dz, var, replicate=replicate)
 
     def num_nodes(self, dz: int) -> int:
         return q.lattice_size(self.spacing / self.level, dz, tail=self.tail)
