@@ -1,0 +1,89 @@
+"""What accuracy the tanh limit reaches at moderate D in a fixed time (issue 12, item 5).
+
+* D = 4 (dz = 8 unit dimensions), default data, alpha = 1, eta = 0.2, K = 15: the default call,
+  then ``tol`` (default 1e-4) with ``max_time`` (default 540 s): the estimate reached and the time.
+* D = 8 (dz = 16, RQMC by default), K = 5: RQMC with 2^level points x 8 scramblings, the level
+  raised while the next one fits in the time left; the estimate is 3 standard errors of the mean
+  (max-abs over steps, samples, outputs) and the RMS standard error is printed beside it.
+
+Figures are estimates (the gap of independently rotated levels or the scramblings' spread), not
+bounds.
+
+    python benchmarks/bench_tanh_moderate_d.py --threads 2 --json tanh_moderate_d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import meanode as mn
+
+
+def d4(tol: float, max_time: float) -> dict:
+    prob = mn.Problem.default(D=4)
+    kw = dict(alpha=1.0, eta=0.2, steps=15)
+    t0 = time.perf_counter()
+    default = mn.mean_ode_limit(**prob.arrays(), **kw)
+    t_default = time.perf_counter() - t0
+    print(f"D=4 default: {default.error_estimate:.2e} (h {default.h_error_estimate:.2e}) in {t_default:.0f} s, "
+          f"{default.method}", flush=True)
+    t0 = time.perf_counter()
+    res = mn.mean_ode_limit(**prob.arrays(), tol=tol, max_time=max_time, **kw)
+    t = time.perf_counter() - t0
+    print(f"D=4 tol={tol:g}: {res.error_estimate:.2e} (h {res.h_error_estimate:.2e}) in {t:.0f} s, met={res.tol_met}, "
+          f"{res.method}; {list(res.warnings)}", flush=True)
+    return dict(default_estimate=default.error_estimate, default_h=default.h_error_estimate, default_seconds=t_default,
+                default_method=default.method, tol=tol, estimate=res.error_estimate, h_estimate=res.h_error_estimate,
+                seconds=t, tol_met=bool(res.tol_met), method=res.method, levels=res.config.get("levels_tried"),
+                warnings=list(res.warnings))
+
+
+def d8(budget: float, start_level: int) -> dict:
+    prob = mn.Problem.default(D=8)
+    kw = dict(alpha=1.0, eta=0.2, steps=5)
+    rows, t_all, level, last = [], time.perf_counter(), start_level, None
+    while True:
+        t0 = time.perf_counter()
+        res = mn.mean_ode_limit(**prob.arrays(), rule=mn.RQMC(level=level, replicates=8), **kw)
+        t = time.perf_counter() - t0
+        row = dict(level=level, points=2**level, estimate=res.error_estimate, h_estimate=res.h_error_estimate,
+                   rms_se=res.config.get("quadrature_rms_se"), seconds=t)
+        rows.append(row)
+        print(f"D=8 RQMC 2^{level} x 8: estimate {res.error_estimate:.2e} (RMS SE {row['rms_se']:.2e}) in {t:.0f} s",
+              flush=True)
+        last = row
+        if time.perf_counter() - t_all + 2.2 * t > budget:  # the next level doubles the points
+            break
+        level += 1
+    return dict(rows=rows, best=last, total_seconds=time.perf_counter() - t_all)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--max-time", type=float, default=540.0)
+    ap.add_argument("--d8-budget", type=float, default=600.0)
+    ap.add_argument("--d8-start", type=int, default=12)
+    ap.add_argument("--only", choices=["d4", "d8"], default=None)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = dict(threads=a.threads)
+    if a.only in (None, "d4"):
+        out["d4"] = d4(a.tol, a.max_time)
+    if a.only in (None, "d8"):
+        out["d8"] = d8(a.d8_budget, a.d8_start)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
