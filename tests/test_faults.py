@@ -376,3 +376,22 @@ def test_a_killed_sweep_resumes_and_matches_an_uninterrupted_run(tmp_path, clean
     res = S.run_sweep(spec, out, executor="serial", progress=False)
     assert len(res.skipped) == 2 and len(res.computed) == 2
     _same(res.dataset, clean)
+
+
+def test_a_points_aggregates_are_nan_from_the_step_a_seed_diverged():
+    """The trainer keeps the diverging step's record (the evidence); a sweep point's errors and
+    aggregates use NaN from that step on, like the limit engine (a 1e120 never enters an RMS)."""
+    from meanode.sweep.point import _from_divergence_on_nan
+
+    prob = mn.Problem.default(D=2, N=4)
+    res = mn.train_resnet(**prob.arrays(), L=4, M=2, alpha=1.0, eta=400.0, steps=3, seeds=[0, 1],
+                          divergence_threshold=10.0)
+    assert res.diverged.any()
+    k = int(res.diverged_step[res.diverged][0])
+    e = int(np.flatnonzero(res.diverged)[0])
+    assert np.isfinite(res.f[e, k]).all()  # recorded as it was
+    masked = _from_divergence_on_nan(res)
+    assert np.isnan(masked.f[e, k:]).all() and np.isnan(masked.h[e, k:]).all()
+    assert np.array_equal(masked.f[e, :k], res.f[e, :k])
+    ok = ~res.diverged
+    assert np.array_equal(masked.f[ok], res.f[ok], equal_nan=True)

@@ -600,16 +600,21 @@ def large_d_analysis(st, n_boot: int = 400) -> dict:
     return out
 
 
-def split_ratios(st, qty: str = "total_f") -> list[tuple[float, float, float, float]]:
+def split_ratios(st, qty: str = "total_f") -> tuple[list[tuple[float, float, float, float]], list[float]]:
     """At each L*M with both: ``(LM, deep, square, deep / square)`` for the one-unit-per-layer split
-    (M = 1) and the square one (L = M, or the nearest)."""
+    (M = 1) and the square one (L = M, or the nearest); second, the L*M left out because a seed of
+    either split diverged or its value is not finite."""
     y, _ = quantity(st, qty)
     L, M = param(st, "L").astype(float), param(st, "M").astype(float)
-    out = []
+    bad = diverged_points(st) | ~np.isfinite(y)
+    out, skipped = [], []
     for lm in sorted(set(L * M)):
         sel = np.flatnonzero(L * M == lm)
         deep = [i for i in sel if M[i] == 1]
         sq = sorted(sel, key=lambda i: abs(np.log(L[i] / M[i])))
         if deep and sq and sq[0] != deep[0]:
+            if bad[deep[0]] or bad[sq[0]]:
+                skipped.append(float(lm))
+                continue
             out.append((lm, float(y[deep[0]]), float(y[sq[0]]), float(y[deep[0]] / y[sq[0]])))
-    return out
+    return out, skipped

@@ -149,9 +149,10 @@ def large_d_section(res: dict, tol: float = SLOPE_TOLERANCE) -> str:
     return "\n".join(L) + "\n"
 
 
-def attention_section(fits: list[SlopeFit], ratios: list[tuple], tol: float = SLOPE_TOLERANCE) -> str:
+def attention_section(fits: list[SlopeFit], ratios: list[tuple], tol: float = SLOPE_TOLERANCE,
+                      skipped: tuple = ()) -> str:
     """The attention-heads section (issue 13): its slopes (from the main table) and, at each L*M,
-    one head per layer against the square split."""
+    one head per layer against the square split (``skipped``: L*M left out, a seed diverged)."""
     L = ["\n## Attention heads as units\n"]
     att = [f for f in fits if f.spec.sweep.startswith("attention")]
     for f in att:
@@ -162,8 +163,11 @@ def attention_section(fits: list[SlopeFit], ratios: list[tuple], tol: float = SL
         for lm, deep, sq, r in ratios:
             L.append(f"| {lm:g} | {deep:.3e} | {sq:.3e} | {r:.3f} |")
         worst = max(abs(r - 1) for *_, r in ratios)
-        L.append(f"\nAt every L*M the two splits differ by at most {worst:.0%} "
+        L.append(f"\nAt the {len(ratios)} L*M shown the two splits differ by at most {worst:.0%} "
                  f"({'within' if worst <= 0.1 else 'more than'} 10%).")
+    if skipped:
+        L.append(f"Left out (a seed of one split diverged or its error is not finite): L*M = "
+                 f"{', '.join(f'{lm:g}' for lm in skipped)}.")
     return "\n".join(L) + "\n"
 
 

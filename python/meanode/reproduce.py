@@ -74,7 +74,8 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
     if large is not None:
         extra.append(R.large_d_section(large))
     if "attention" in stacked:
-        extra.append(R.attention_section(fits, A.split_ratios(stacked["attention"])))
+        ratios, skipped = A.split_ratios(stacked["attention"])
+        extra.append(R.attention_section(fits, ratios, skipped=skipped))
     timing["fits"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fig_dir = out / "figures"

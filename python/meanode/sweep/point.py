@@ -34,6 +34,7 @@ def compute_point(spec: SweepSpec, point: Point, ref: dict | None):
     prob = problem(s)
     scaling = Scaling(s["a"], s["b"])
     res = train(prob, s, seeds, s["L"], s["M"], s["alpha_eff"], scaling, record_hidden=spec.measure.large_d)
+    res = _from_divergence_on_nan(res)
     store_h = spec.measure.store_h
     store_h = (s["D"] <= 64) if store_h == "auto" else bool(store_h)
     h0 = prob.X @ prob.W_E.T
@@ -162,6 +163,27 @@ def _large_d_errors(s: dict, prob, res) -> dict:
     out["ld_gap_f"] = ((), float(np.sqrt(np.mean((cl.f[K] - inf.f[K]) ** 2))))
     out["ld_ref_error"] = ((), float(inf.error_estimate + cl.error_estimate))
     return out
+
+
+def _from_divergence_on_nan(res):
+    """The trainer records the step where a seed diverged as it was (the evidence, e.g. 1e120); the
+    point's errors and aggregates use NaN from that step on, as the limit engine does, so that a point
+    with a diverged seed has NaN aggregates from its diverged step (the stored ``loss`` keeps the value)."""
+    if not bool(np.any(res.diverged)):
+        return res
+    import dataclasses
+
+    K1 = res.f.shape[1]
+    late = np.arange(K1)[None, :] >= np.where(res.diverged, res.diverged_step, K1)[:, None]  # (E, K+1)
+
+    def mask(x):
+        if x is None:
+            return None
+        x = np.array(x, dtype=float, copy=True)
+        x[np.broadcast_to(late.reshape(late.shape + (1,) * (x.ndim - 2)), x.shape)] = np.nan
+        return x
+
+    return dataclasses.replace(res, f=mask(res.f), h=mask(res.h), f_eval=mask(res.f_eval), h_eval=mask(res.h_eval))
 
 
 def key(spec: SweepSpec, point: Point) -> str:
