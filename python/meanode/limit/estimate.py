@@ -256,7 +256,7 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             return _with_tol(res, tol, False, tried, why)
         if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level exceeds the node limit")
-        need, avail = _level_bytes(nxt.num_nodes(inp.block.dz), inp, Q, nxt.replicates), _available_bytes()
+        need, avail = _level_bytes(ratio), _available_bytes()
         if avail is not None and need > 0.5 * avail:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level ({nxt.level}) needs "
                              f"~{need / 2**30:.1f} GiB, more than half the {avail / 2**30:.1f} GiB available")
@@ -267,10 +267,12 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
 MIN_TAIL = 1e-16
 
 
-def _level_bytes(nodes: int, inp, Q: int, replicates: int) -> float:
-    """Rough memory of one refinement level: the units ``(Q, P, dz)`` of every step, forward and
-    adjoint, for the replicates and the coarse run, float64, with a factor 4 for intermediates."""
-    return 4.0 * 8 * nodes * inp.block.dz * Q * (inp.K + 1) * 2 * (replicates + 1)
+def _level_bytes(ratio: float) -> float:
+    """Memory of the next level, on the safe side: this process's peak resident size so far (which
+    holds the last level's runs and everything else) times the growth of the node count."""
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024 * max(ratio, 1.0)
 
 
 def _available_bytes() -> float | None:
