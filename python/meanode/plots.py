@@ -593,7 +593,7 @@ def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
     error vs P = L M D with the best shapes' envelope."""
     st = R.stack(ds)
     res = res if res is not None else R.large_d_analysis(st, n_boot=50)
-    fig, axes = _fig(15, 5.2, 3)
+    fig, axes = _fig(16, 5.6, 3)
     L, M, D = (R.param(st, k).astype(float) for k in ("L", "M", "D"))
     ax = axes[0]
     for j, (var, lab) in enumerate((("ld_err_h_cl", "hidden RMS"), ("ld_err_f_cl", "output RMS"))):
@@ -604,15 +604,16 @@ def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
                color=f"C{j}")
     ax.set(xscale="log", yscale="log", xlabel="D / (L M)", ylabel="error at step K (seed RMS)",
            title="the fluctuation term: finite vs its own fixed-D limit")
-    _legend_below(ax, ncol=2)
+    _legend_below(ax, ncol=1, fontsize="small")
     ax = axes[1]
     for j, g in enumerate(res["gap"]):
-        ax.plot(g["D"], g["gap"], marker=_MARKERS[j], color=f"C{j}", label=f"{g['title']}: slope {g['fit'].slope:+.2f}")
+        ax.plot(g["D"], g["gap"], marker=_MARKERS[j], color=f"C{j}", label=f"{g['title'].replace('max over depth of the mean abs(h_d - H_d)', 'max over depth')}: "
+                f"slope {g['fit'].slope:+.2f}")
     if res["gap"]:
         _guide(ax, res["gap"][0]["D"], res["gap"][0]["gap"], -0.5)
     ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", ylabel="closure vs D = inf (RMS over embeddings)",
            title="the 1/sqrt(D) term (exact references)")
-    _legend_below(ax, ncol=1)
+    _legend_below(ax, ncol=1, fontsize="small")
     ax = axes[2]
     P = L * M * D
     for j, (var, lab, slope) in enumerate((("ld_err_hd_inf", "hidden (max over depth)", -1 / 6),
@@ -626,6 +627,6 @@ def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
             ax.plot([], [], " ", label=f"best-shape slope {env['fit'].slope:+.3f}")
     ax.set(xscale="log", yscale="log", xlabel="P = L M D", ylabel="error vs D = infinity at step K",
            title="error vs parameter count")
-    _legend_below(ax, ncol=2)
+    _legend_below(ax, ncol=1, fontsize="small")
     fig.suptitle(f"Large D, the follow-up's linear experiment with exact references ({_settings(st)})")
     return _save(fig, out_dir, name)
