@@ -37,7 +37,7 @@ LATTICE_DEFAULTS = {1: (3.0, 40), 2: (3.0, 40), 3: (3.0, 12), 4: (3.0, 10), 5: (
 #: the coarse lattice of the estimate leaves out this many times the fine level's Gaussian mass:
 #: the truncation error is then part of the gap (measured: with one tail for both levels, the D = 1
 #: default estimate fell to 0.97 x its distance to a reference with tail 1e-11; tests/test_estimates.py)
-COARSE_TAIL_FACTOR = 3.0
+COARSE_TAIL_FACTOR = 10.0
 
 
 def _opt_int(name: str, value, minimum: int) -> int | None:
