@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
@@ -171,19 +172,18 @@ def _from_divergence_on_nan(res):
     with a diverged seed has NaN aggregates from its diverged step (the stored ``loss`` keeps the value)."""
     if not bool(np.any(res.diverged)):
         return res
-    import dataclasses
-
     K1 = res.f.shape[1]
     late = np.arange(K1)[None, :] >= np.where(res.diverged, res.diverged_step, K1)[:, None]  # (E, K+1)
 
     def mask(x):
         if x is None:
             return None
-        x = np.array(x, dtype=float, copy=True)
+        x = np.array(x, copy=True)  # keeps the training dtype (float32 sweeps stay float32)
         x[np.broadcast_to(late.reshape(late.shape + (1,) * (x.ndim - 2)), x.shape)] = np.nan
         return x
 
-    return dataclasses.replace(res, f=mask(res.f), h=mask(res.h), f_eval=mask(res.f_eval), h_eval=mask(res.h_eval))
+    return dataclasses.replace(res, f=mask(res.f), h=mask(res.h), f_eval=mask(res.f_eval), h_eval=mask(res.h_eval),
+                               hidden=mask(res.hidden))
 
 
 def key(spec: SweepSpec, point: Point) -> str:
