@@ -42,10 +42,10 @@ from meanode import measure
 EULER_L = (2, 4, 8, 16)
 
 
-def limit(prob, block, K: int, level: int, **kw):
+def limit(prob, block, K: int, level: int, replicates: int = 8, **kw):
     t = time.perf_counter()
     if level > 0:
-        kw.update(rule="rqmc", level=level, replicates=8)
+        kw.update(rule="rqmc", level=level, replicates=replicates)
     lim = mn.mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=K, block=block, depth_nodes=13,
                             rtol=1e-7, atol=1e-9, **kw)
     return lim, time.perf_counter() - t
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--D", type=int, default=2)
     ap.add_argument("--K", type=int, default=3)
     ap.add_argument("--level", type=int, default=16, help="RQMC log2 node count (0: the default rule)")
+    ap.add_argument("--replicates", type=int, default=8, help="RQMC scramblings (the estimate: 3 standard errors)")
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--LM", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
     ap.add_argument("--fit-min", type=int, default=64, help="fit slopes over L*M >= this")
@@ -99,12 +100,13 @@ def main() -> None:
     t0 = time.perf_counter()
     K = a.K
     prob, block = mn.Problem.sequences(D=a.D, T=3), mn.AttentionHeadBlock(a.D)
-    lim, t_lim = limit(prob, block, K, a.level)
+    lim, t_lim = limit(prob, block, K, a.level, a.replicates)
     print(f"limit: {lim.method}, {lim.config.get('nodes')} nodes, estimate {lim.error_estimate:.2e} "
           f"({', '.join(f'{k} {v:.1e}' for k, v in lim.error_parts.items())}), {t_lim:.0f} s; "
           f"loss {lim.loss[0]:.4f} -> {lim.loss[-1]:.4f}")
     res = sweep(prob, block, lim, K, a.seeds, a.LM, a.fit_min)
     smallest = min(r["f"] for s in res.values() for r in s["rows"] if "f" in r)
+    smallest_h = min(r["h"] for s in res.values() for r in s["rows"] if "h" in r)
     for name, s in res.items():
         print(f"{name}: output slope {s['fit_f']}, hidden slope {s['fit_h']}")
         for r in s["rows"]:
@@ -114,11 +116,15 @@ def main() -> None:
             else:
                 print(f"   L={r['L']:5d} M={r['M']:4d}  {r['diverged']} of {a.seeds} seeds diverged")
     deep, square = (res[k]["rows"] for k in ("one head per layer (L*M, 1)", "square (sqrt(L*M), sqrt(L*M))"))
-    ratios = [d["f"] / s["f"] for d, s in zip(deep, square) if "f" in d and "f" in s]
-    print("deep / square output error at each L*M: " + ", ".join(f"{x:.3f}" for x in ratios))
+    # only where both splits have the same number of heads (L*M a perfect square)
+    ratios = [d["f"] / s["f"] for d, s in zip(deep, square) if "f" in d and "f" in s and d["LM"] == s["LM"]]
+    print("deep / square output error at each common L*M: " + ", ".join(
+        f"{d['LM']}: {d['f'] / s['f']:.3f}" for d, s in zip(deep, square)
+        if "f" in d and "f" in s and d["LM"] == s["LM"]))
     rms_se = lim.config.get("quadrature_rms_se")
     print(f"smallest finite output error / limit estimate (max-abs): {smallest / lim.error_estimate:.1f}"
           + ("" if rms_se is None else f"; / RMS standard error of the limit: {smallest / rms_se:.0f}"))
+    print(f"smallest finite hidden error / limit h estimate (max-abs): {smallest_h / lim.h_error_estimate:.1f}")
 
     # Euler part: RMS of the seed mean at a wide layer (M = 256), small L, 48 seeds
     e_rows = errors(prob, block, lim, [(L, 256) for L in EULER_L], K, 48)
@@ -139,8 +145,11 @@ def main() -> None:
         print(f"2LP (tanh) on default data: limit estimate {lim2.error_estimate:.1e} ({t2:.0f} s); output slope "
               f"square {two['fit_f']}, deep {two['fit_f_deep']}")
 
-    summary = dict(D=a.D, K=K, seeds=a.seeds, limit=dict(method=lim.method, estimate=lim.error_estimate,
-                                                         parts=lim.error_parts, rms_se=rms_se, time=t_lim),
+    summary = dict(D=a.D, K=K, seeds=a.seeds, LM=a.LM, fit_min=a.fit_min,
+                   limit=dict(method=lim.method, estimate=lim.error_estimate, parts=lim.error_parts,
+                              h_estimate=lim.h_error_estimate, rms_se=rms_se, time=t_lim),
+                   smallest_error=dict(f=smallest, h=smallest_h, f_over_estimate=smallest / lim.error_estimate,
+                                       h_over_estimate=smallest_h / lim.h_error_estimate),
                    splits={k: dict(rows=v["rows"], slope_f=v["fit_f"].slope, ci_f=v["fit_f"].ci,
                                    slope_h=v["fit_h"].slope, ci_h=v["fit_h"].ci) for k, v in res.items()},
                    deep_over_square=ratios, euler=dict(rows=e_rows, slope=e_fit.slope, ci=e_fit.ci),

@@ -243,7 +243,7 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
         best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried]
         if len(tried) >= 3 and min(best[-2:]) > 0.5 * best[-3]:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the estimates stalled near "
-                             f"{res.error_estimate:.1e} over the last two refinements (a floor of the rule "
+                             f"{best[-1]:.1e} (max of f and h) over the last two refinements (a floor of the rule "
                              "at these options; try another rule or a smaller tail)")
         nxt = rule.refined(inp.block)
         ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
