@@ -4,7 +4,9 @@
 
 Cost at the defaults: ~4 CPU-minutes on one core, of which the limit (RQMC 2^16 x 8, dz = 8) ~3.
 ``--D 1 --level 0`` (dz = 4, default lattice, accurate to ~1e-4) is the case where the limit's
-max-abs estimate sits 20x below every finite error; at D = 2 only its RMS standard error does.
+max-abs estimate sits 20x below every finite error. At D = 2 that margin takes
+``--K 2 --LM 16 32 64 128 256 512 1024 --fit-min 64 --replicates 176`` (~50 CPU-minutes, the
+limit nearly all of it; docs/attention_block.md §7: 24.6x output, 37.6x hidden).
 
 D = 2, d_head = 1 (dz = 8 unit dimensions), T = 3 tokens, N = 10 sequences, d_in = d_out = 5,
 alpha = 1, eta = 0.2 (docs/attention_block.md). Steps:
