@@ -533,6 +533,8 @@ def reference_rows(ref_dir: Path) -> list[dict]:
 #: (name, variable, what, reference) of the large-D errors a ``measure.large_d`` sweep records
 LARGE_D_ERRORS = (("hidden (max over depth of the mean abs(h_d - H_d))", "ld_err_hd"),
                   ("hidden (RMS at s = 1)", "ld_err_h"), ("output (RMS)", "ld_err_f"))
+#: the same errors' short names, for figure legends
+LARGE_D_LABELS = {"ld_err_hd": "hidden (max over depth)", "ld_err_h": "hidden (RMS at s = 1)", "ld_err_f": "output (RMS)"}
 
 
 def _large_d_table(st, var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -585,9 +587,10 @@ def large_d_analysis(st, n_boot: int = 400) -> dict:
         pred = -0.2 if var == "ld_err_f" else -1 / 6
         try:
             env = ld.envelope_slope(P, np.sqrt(np.mean(e ** 2, axis=1)))
-            out["p_slopes"].append(dict(title=title, fit=env, predicted=pred, decades=float(np.log10(P.max() / P.min()))))
+            out["p_slopes"].append(dict(title=title, var=var, fit=env, predicted=pred,
+                                        decades=float(np.log10(P.max() / P.min()))))
         except ValueError as err:
-            out["p_slopes"].append(dict(title=title, fit=None, predicted=pred, why=str(err)))
+            out["p_slopes"].append(dict(title=title, var=var, fit=None, predicted=pred, why=str(err)))
     gvar = {"ld_err_hd": "ld_gap_hd", "ld_err_h": "ld_gap_h", "ld_err_f": "ld_gap_f"}
     D_all = param(st, "D").astype(float)
     for title, var in LARGE_D_ERRORS:
@@ -595,7 +598,7 @@ def large_d_analysis(st, n_boot: int = 400) -> dict:
         Ds = sorted(set(D_all))
         rms = np.array([np.sqrt(np.mean(g[D_all == d] ** 2)) for d in Ds])
         if len(Ds) >= 2 and np.all(np.isfinite(rms)) and np.all(rms > 0):
-            out["gap"].append(dict(title=title, D=np.array(Ds), gap=rms, fit=loglog_slope(np.array(Ds), rms),
+            out["gap"].append(dict(title=title, var=var, D=np.array(Ds), gap=rms, fit=loglog_slope(np.array(Ds), rms),
                                    predicted=-0.5))
     return out
 

@@ -607,8 +607,8 @@ def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
     _legend_below(ax, ncol=1, fontsize="small")
     ax = axes[1]
     for j, g in enumerate(res["gap"]):
-        ax.plot(g["D"], g["gap"], marker=_MARKERS[j], color=f"C{j}", label=f"{g['title'].replace('max over depth of the mean abs(h_d - H_d)', 'max over depth')}: "
-                f"slope {g['fit'].slope:+.2f}")
+        ax.plot(g["D"], g["gap"], marker=_MARKERS[j], color=f"C{j}",
+                label=f"{R.LARGE_D_LABELS[g['var']]}: slope {g['fit'].slope:+.2f}")
     if res["gap"]:
         _guide(ax, res["gap"][0]["D"], res["gap"][0]["gap"], -0.5)
     ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", ylabel="closure vs D = inf (RMS over embeddings)",
@@ -616,12 +616,12 @@ def large_d(ds, out_dir, res: dict | None = None, name="large_d") -> list[str]:
     _legend_below(ax, ncol=1, fontsize="small")
     ax = axes[2]
     P = L * M * D
-    for j, (var, lab, slope) in enumerate((("ld_err_hd_inf", "hidden (max over depth)", -1 / 6),
-                                           ("ld_err_f_inf", "output", -0.2))):
-        e = np.sqrt(np.nanmean(np.asarray(st[var].values, float) ** 2, axis=1))
+    for j, (var, lab, slope) in enumerate((("ld_err_hd", "hidden (max over depth)", -1 / 6),
+                                           ("ld_err_f", "output", -0.2))):
+        e = np.sqrt(np.nanmean(np.asarray(st[f"{var}_inf"].values, float) ** 2, axis=1))
         ok = np.isfinite(e) & (e > 0)
         ax.scatter(P[ok], e[ok], s=8, alpha=0.35, color=f"C{j}", label=f"{lab}, every shape")
-        env = next((p for p in res["p_slopes"] if p["title"].startswith(lab.split(" ")[0]) and p.get("fit")), None)
+        env = next((p for p in res["p_slopes"] if p["var"] == var and p.get("fit")), None)
         _guide(ax, P[ok], e[ok], slope, label=f"predicted {fmt_predicted(slope)}", color=f"C{j}", factor=0.3)
         if env is not None:
             ax.plot([], [], " ", label=f"best-shape slope {env['fit'].slope:+.3f}")
