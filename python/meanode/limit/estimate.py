@@ -256,7 +256,8 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             return _with_tol(res, tol, False, tried, why)
         if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level exceeds the node limit")
-        need, avail = _level_bytes(ratio), _available_bytes()
+        avail = _available_bytes()  # None where /proc/meminfo is absent: no memory guard there
+        need = _level_bytes(ratio) if avail is not None else 0.0
         if avail is not None and need > 0.5 * avail:
             return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level ({nxt.level}) needs "
                              f"~{need / 2**30:.1f} GiB, more than half the {avail / 2**30:.1f} GiB available")
@@ -269,7 +270,9 @@ MIN_TAIL = 1e-16
 
 def _level_bytes(ratio: float) -> float:
     """Memory of the next level, on the safe side: this process's peak resident size so far (which
-    holds the last level's runs and everything else) times the growth of the node count."""
+    holds the last level's runs and everything else) times the growth of the node count. Called
+    only where :func:`_available_bytes` reads ``/proc/meminfo`` (Linux: ``resource`` exists and
+    ``ru_maxrss`` is in KiB)."""
     import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024 * max(ratio, 1.0)
