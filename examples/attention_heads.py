@@ -119,10 +119,10 @@ def main() -> None:
                 print(f"   L={r['L']:5d} M={r['M']:4d}  {r['diverged']} of {a.seeds} seeds diverged")
     deep, square = (res[k]["rows"] for k in ("one head per layer (L*M, 1)", "square (sqrt(L*M), sqrt(L*M))"))
     # only where both splits have the same number of heads (L*M a perfect square)
-    ratios = [d["f"] / s["f"] for d, s in zip(deep, square) if "f" in d and "f" in s and d["LM"] == s["LM"]]
-    print("deep / square output error at each common L*M: " + ", ".join(
-        f"{d['LM']}: {d['f'] / s['f']:.3f}" for d, s in zip(deep, square)
-        if "f" in d and "f" in s and d["LM"] == s["LM"]))
+    pairs = [(d, s) for d, s in zip(deep, square) if "f" in d and "f" in s and d["LM"] == s["LM"]]
+    ratios = [d["f"] / s["f"] for d, s in pairs]
+    print("deep / square output error at each common L*M: "
+          + ", ".join(f"{d['LM']}: {x:.3f}" for (d, _), x in zip(pairs, ratios)))
     rms_se = lim.config.get("quadrature_rms_se")
     print(f"smallest finite output error / limit estimate (max-abs): {smallest / lim.error_estimate:.1f}"
           + ("" if rms_se is None else f"; / RMS standard error of the limit: {smallest / rms_se:.0f}"))
