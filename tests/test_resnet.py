@@ -159,6 +159,33 @@ def test_seeds_are_independent_and_init_arrays_reproduce_them():
     assert np.array_equal(from_init.f, both.f)
 
 
+@pytest.mark.parametrize("which", ["numba", "torch", "generic"])
+@pytest.mark.parametrize("E", [1, 2])
+def test_init_tensors_are_never_written_and_movement_is_the_frobenius_ratio(which, E, monkeypatch):
+    """The kernels train their own copy of the units: init tensors that already have the right
+    dtype (which the trainer uses without a copy, also as z0) come back bit for bit unchanged
+    (E = 1 is the case where the (L, E) transpose is already contiguous), and unit_movement is
+    |zK - z0| / |z0| computed here from return_weights."""
+    if which == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MEANODE_NUMBA", "1" if which == "numba" else "0")
+    prob = mn.Problem.default(D=2)
+    block = TwoLayerBlock(2) if which != "generic" else GenericTwoLayer(2)
+    z = mn.init_weights(block, 6, 3, range(E))
+    kw = dict(L=6, M=3, alpha=1.0, eta=0.5, steps=3, seeds=range(E), return_weights=True, block=block)
+    for init in ((z[..., :2].clone(), z[..., 2:].clone()), z.clone()):
+        if which == "generic" and isinstance(init, tuple):
+            continue
+        before = [t.clone() for t in (init if isinstance(init, tuple) else (init,))]
+        res = mn.train_resnet(**prob.arrays(), init=init, **kw)
+        for t, b in zip(init if isinstance(init, tuple) else (init,), before):
+            assert torch.equal(t, b)
+        assert torch.equal(res.z0, z)
+        assert not torch.equal(res.zK, z)
+        expect = (res.zK - res.z0).pow(2).sum(dim=(1, 2, 3)).sqrt() / res.z0.pow(2).sum(dim=(1, 2, 3)).sqrt()
+        np.testing.assert_allclose(res.unit_movement, expect.numpy(), rtol=1e-12)
+
+
 def test_float32_is_selectable_and_close_to_float64():
     prob = mn.Problem.default(D=2)
     kw = dict(L=8, M=4, alpha=1.0, eta=0.2, steps=3, seeds=(0,))

@@ -99,20 +99,23 @@ class NumbaTwoLayerKernel:
     place too; a target of any other layout is accumulated through a temporary.
     """
 
-    def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
-        if not usable(block, z):
+    def __init__(self, block: TwoLayerBlock, U: torch.Tensor, V: torch.Tensor):
+        """``U, V (L, E, M, D)``, any strides, never written to: copied once into the kernel's
+        own ``(L, E, D, M)`` storage, which it trains in place."""
+        if not usable(block, U):
             raise ValueError("NumbaTwoLayerKernel needs numba, a built-in activation and float32/64 units on the CPU")
-        D = block.D
         self.block = block
-        UT = z[..., :D].transpose(-1, -2).contiguous()  # (L, E, D, M)
-        VT = z[..., D:].transpose(-1, -2).contiguous()
+        UT, VT = (torch.empty(p.transpose(-1, -2).shape, dtype=p.dtype) for p in (U, V))  # (L, E, D, M)
+        UT.copy_(U.transpose(-1, -2))
+        VT.copy_(V.transpose(-1, -2))
         self.params = (UT.transpose(-1, -2), VT.transpose(-1, -2))  # (L, E, M, D) views
+        self.splits = ((0, block.D), (block.D, 2 * block.D))  # the columns of z each param holds
         self._np = (UT.numpy(), VT.numpy())
         self._act = ACTIVATION_CODES[block.act.name]
         self._a = self._s = None
         self._consts: dict[float, np.ndarray] = {}
         k = _load()
-        L, E, M, _ = self.params[0].shape
+        L, E, M, D = self.params[0].shape
         self._threads = min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)
         self._parallel = E > 1 and self._threads > 1 and E * L * M * D * 10 >= PARALLEL_MIN_WORK
         mode = "parallel" if self._parallel else "serial"

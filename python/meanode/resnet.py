@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._checks import (check_problem, check_seeds, nonnegative_int, positive_float, positive_int, real,
+from ._checks import (all_finite, check_problem, check_seeds, nonnegative_int, positive_float, positive_int, real,
                       resolve_device, resolve_dtype, warn_outside_regime)
 from . import _trainer_2lp
 from .blocks import Block, TwoLayerBlock, check_block
@@ -122,34 +122,79 @@ def init_weights(block: Block, L: int, M: int, seeds: Sequence[int], dtype=torch
     return torch.stack(zs).to(dtype=dtype, device=device)
 
 
-def _init_from_arrays(init, block: Block, E: int, L: int, M: int, dtype, device) -> torch.Tensor:
-    """Accept ``init = (U, V)`` for the 2LP block (each ``(E, L, M, D)``) or ``z (E, L, M, dz)``."""
+def _init_from_arrays(init, block: Block, E: int, L: int, M: int, dtype, device) -> tuple[torch.Tensor, ...]:
+    """Accept ``init = (U, V)`` for the 2LP block (each ``(E, L, M, D)``) or ``z (E, L, M, dz)``.
+
+    Returns the parts as given, ``(U, V)`` or ``(z,)`` (converted to ``dtype``/``device``, so the
+    caller's tensors themselves when they already match: never written to, the kernel trains on
+    its own copy), whose last axes, concatenated, are the units ``z``."""
     if isinstance(init, (tuple, list)):
         if not isinstance(block, TwoLayerBlock) or len(init) != 2:
             raise ValueError("init=(U, V) is for the 2LP block; pass z of shape (E, L, M, dz) otherwise")
-        parts = []
-        for name, arr in zip(("init[0] (U)", "init[1] (V)"), init):
-            t = torch.as_tensor(np.asarray(arr, dtype=np.float64) if not isinstance(arr, torch.Tensor) else arr)
-            if tuple(t.shape) != (E, L, M, block.D):
-                raise ValueError(f"{name} must have shape (E, L, M, D) = {(E, L, M, block.D)}, got {tuple(t.shape)}")
-            parts.append(t.to(dtype=dtype, device=device))
-        z = torch.cat(parts, dim=-1)
+        items, shape = tuple(zip(("init[0] (U)", "init[1] (V)"), init)), (E, L, M, block.D)
     else:
-        z = torch.as_tensor(np.asarray(init, dtype=np.float64) if not isinstance(init, torch.Tensor) else init)
-        if tuple(z.shape) != (E, L, M, block.dz):
-            raise ValueError(f"init must have shape (E, L, M, dz) = {(E, L, M, block.dz)}, got {tuple(z.shape)}")
-        z = z.to(dtype=dtype, device=device)
-    if not torch.isfinite(z).all():
-        raise ValueError("init contains non-finite values")
-    return z.clone()
+        items, shape = (("init", init),), (E, L, M, block.dz)
+    parts = []
+    for name, arr in items:
+        t = torch.as_tensor(np.asarray(arr, dtype=np.float64) if not isinstance(arr, torch.Tensor) else arr)
+        if tuple(t.shape) != shape:
+            label = "(E, L, M, D)" if len(items) == 2 else "(E, L, M, dz)"
+            raise ValueError(f"{name} must have shape {label} = {shape}, got {tuple(t.shape)}")
+        t = t.detach().to(dtype=dtype, device=device)
+        if not all_finite(t):
+            raise ValueError("init contains non-finite values")
+        parts.append(t)
+    return tuple(parts)
+
+
+def _columns(parts: Sequence[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+    """Units ``z[..., lo:hi]`` of ``z`` given as ``parts`` split along the last axis: a view when
+    the columns lie in one part (always, for the splits the kernels use)."""
+    start = 0
+    for p in parts:
+        width = p.shape[-1]
+        if start <= lo and hi <= start + width:
+            return p[..., lo - start:hi - start]
+        start += width
+    return torch.cat(tuple(parts), dim=-1)[..., lo:hi]
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` that never shares its storage (``.contiguous()`` may return ``t``)."""
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
+
+
+def _chunked_sq_norm(pairs, L: int) -> torch.Tensor:
+    """``sum over pairs (a, b) of |a - b|^2`` per member (``b`` None: ``|a|^2``), for tensors
+    ``(L, E, ...)``: ``vector_norm`` (no temporary) of ``a``, or of ``a - b`` formed a few layers
+    at a time in one reused buffer of at most ~1 M entries (a fresh 1.6 GB difference would cost
+    more than the training steps at wide shapes)."""
+    total, buf = None, None
+    for a, b in pairs:
+        dims = tuple(i for i in range(a.dim()) if i != 1)
+        if b is None:
+            parts = [torch.linalg.vector_norm(a, dim=dims).pow(2)]
+        else:
+            step = max(1, 1_000_000 // max(1, a[0].numel()))
+            if buf is None or buf.dtype != a.dtype or buf.shape[1:] != a.shape[1:] or buf.shape[0] < min(step, L):
+                buf = torch.empty((min(step, L), *a.shape[1:]), dtype=a.dtype, device=a.device)
+            parts = [torch.linalg.vector_norm(torch.sub(a[l0:l0 + step], b[l0:l0 + step], out=buf[:min(step, L - l0)]),
+                                              dim=dims).pow(2) for l0 in range(0, L, step)]
+        for part in parts:
+            total = part if total is None else total + part
+    return total
 
 
 class _GenericKernel:
     """Training loops for any :class:`Block`: units ``z (L, E, M, dz)``, one slab per layer."""
 
     def __init__(self, block: Block, z: torch.Tensor):
+        """``z (L, E, M, dz)``, any strides: the kernel trains its own contiguous copy."""
         self.block = block
-        self.params = (z,)
+        self.params = (_own(z),)
+        self.splits = ((0, block.dz),)  # the columns of z each param holds
 
     def units(self) -> torch.Tensor:
         return self.params[0]
@@ -184,9 +229,11 @@ class _TwoLayerKernel(_GenericKernel):
     a stopped member) goes through an ``(E, M, D)`` product first, rounded exactly as the
     float path, so that a member trains bit for bit as it would alone."""
 
-    def __init__(self, block: TwoLayerBlock, z: torch.Tensor):
+    def __init__(self, block: TwoLayerBlock, U: torch.Tensor, V: torch.Tensor):
+        """``U, V (L, E, M, D)``, any strides: the kernel trains its own contiguous copies."""
         self.block = block
-        self.params = (z[..., : block.D].contiguous(), z[..., block.D:].contiguous())
+        self.params = (_own(U), _own(V))
+        self.splits = ((0, block.D), (block.D, 2 * block.D))
         self._a = self._s = None
 
     def units(self) -> torch.Tensor:
@@ -260,15 +307,18 @@ def _scalar_or_list(x):
     return x if isinstance(x, float) else x.reshape(-1).tolist()
 
 
-def _kernel(block: Block, z: torch.Tensor):
-    """The training loops for ``block`` on units ``z (L, E, M, dz)``: for the built-in 2LP block
-    the compiled kernel (numba, CPU) where it can run, else the torch 2LP kernel; any other
-    block the generic one."""
+def _kernel(block: Block, z):
+    """The training loops for ``block`` on units ``z (L, E, M, dz)`` (a tensor, or a tuple of
+    tensors whose last axes concatenate to ``z``; any strides, never written to: the kernel
+    copies them once into its own layout): for the built-in 2LP block the compiled kernel
+    (numba, CPU) where it can run, else the torch 2LP kernel; any other block the generic one."""
+    parts = (z,) if isinstance(z, torch.Tensor) else tuple(z)
     if type(block) is not TwoLayerBlock:
-        return _GenericKernel(block, z)
-    if _trainer_2lp.usable(block, z):
-        return _trainer_2lp.NumbaTwoLayerKernel(block, z)
-    return _TwoLayerKernel(block, z)
+        return _GenericKernel(block, _columns(parts, 0, block.dz))
+    U, V = _columns(parts, 0, block.D), _columns(parts, block.D, 2 * block.D)
+    if _trainer_2lp.usable(block, U):
+        return _trainer_2lp.NumbaTwoLayerKernel(block, U, V)
+    return _TwoLayerKernel(block, U, V)
 
 
 def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Block,
@@ -285,7 +335,7 @@ def resnet_gradient(X, Y, W_E, W_U, z: torch.Tensor, *, alpha: float, block: Blo
     if X.dim() != (3 if seq else 2):
         raise ValueError(f"X must have shape {'(N, T, d_in)' if seq else '(N, d_in)'} for {block!r}, got {tuple(X.shape)}")
     N, D = X.shape[0], W_E.shape[0]
-    kernel = _kernel(block, z.transpose(0, 1).contiguous())
+    kernel = _kernel(block, z.transpose(0, 1))
     hs = torch.empty(L + 1, E, *X.shape[:-1], D, dtype=z.dtype, device=z.device)
     kernel.forward(c, (X @ W_E.T).expand(E, *X.shape[:-1], D), hs)
     r = readout(hs[L], W_U, seq) - Y
@@ -352,12 +402,14 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
                          "seed (or its own alpha, for an alpha sweep)")
 
     if init is None:
-        z = init_weights(block, L, M, seeds, dtype, device)
+        parts = (init_weights(block, L, M, seeds, dtype, device),)
     else:
-        z = _init_from_arrays(init, block, E, L, M, dtype, device)
-    z0 = z.transpose(0, 1).contiguous()  # (L, E, M, dz): one contiguous slab per layer
-    z0_norm = z0.pow(2).sum(dim=(0, 2, 3)).sqrt()
-    kernel = _kernel(block, z0.clone())
+        parts = _init_from_arrays(init, block, E, L, M, dtype, device)
+    # the initial units stay in ``parts`` (E, L, M, *), untouched; the kernel copies them once
+    # into its own layout and trains that copy in place (no other pass over the units)
+    parts_l = tuple(p.transpose(0, 1) for p in parts)  # (L, E, M, *) views
+    kernel = _kernel(block, parts_l)
+    z0_sq = _chunked_sq_norm(((p, None) for p in parts_l), L)
 
     if len(set(alphas)) == 1:
         c = scaling.multiplier(alphas[0], L, M)
@@ -404,12 +456,14 @@ def train_resnet(X, Y, W_E, W_U, *, L: int, M: int, alpha: float | Sequence[floa
             step = step * active.to(dtype).reshape(E, 1, 1)
         kernel.backward(c, hs, readout_adjoint(r, W_U, N, T), N, step, kernel.params)
 
-    zK = kernel.units()
-    movement = (zK - z0).pow(2).sum(dim=(0, 2, 3)).sqrt() / z0_norm
+    moved_sq = _chunked_sq_norm(((p, _columns(parts_l, lo, hi)) for p, (lo, hi) in zip(kernel.params, kernel.splits)), L)
+    movement = (moved_sq / z0_sq).sqrt()
     weights = {}
     if return_weights:  # (E, L, M, dz) float64 on the CPU; a diverged member's final units are NaN
+        zK = kernel.units()
         bad = (diverged_step >= 0).reshape(1, E, 1, 1)
-        weights = dict(z0=z0.transpose(0, 1).to(torch.float64).cpu(),
+        z0 = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0] if init is None else parts[0].clone()
+        weights = dict(z0=z0.to(torch.float64).cpu(),
                        zK=torch.where(bad, torch.full_like(zK, float("nan")), zK).transpose(0, 1).to(torch.float64).cpu())
     f_np = f_rec.cpu().numpy()
     h_np = h_rec.cpu().numpy()
