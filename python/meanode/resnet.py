@@ -168,22 +168,32 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 def _chunked_sq_norm(pairs, L: int) -> torch.Tensor:
     """``sum over pairs (a, b) of |a - b|^2`` per member (``b`` None: ``|a|^2``), for tensors
-    ``(L, E, ...)``: ``vector_norm`` (no temporary) of ``a``, or of ``a - b`` formed a few layers
-    at a time in one reused buffer of at most ~1 M entries (a fresh 1.6 GB difference would cost
-    more than the training steps at wide shapes)."""
+    ``(L, E, ...)``, returned as ``(E,)``.
+
+    Each member is reduced on its own, a few layers at a time, through one reused contiguous buffer
+    of at most ~1 M entries (a fresh 1.6 GB difference would cost more than the training steps at
+    wide shapes). The buffer's shape depends on the member's size only, never on ``E``, so a member
+    gets the same bits whether it is trained alone or with others (sweeps split seeds into chunks
+    by memory and must give the same numbers; a reduction over ``(L, E, ...)`` with ``E`` in the
+    middle is summed in an order that depends on ``E`` and on the CPU's vector width).
+    """
     total, buf = None, None
     for a, b in pairs:
-        dims = tuple(i for i in range(a.dim()) if i != 1)
-        if b is None:
-            parts = [torch.linalg.vector_norm(a, dim=dims).pow(2)]
-        else:
-            step = max(1, 1_000_000 // max(1, a[0].numel()))
-            if buf is None or buf.dtype != a.dtype or buf.shape[1:] != a.shape[1:] or buf.shape[0] < min(step, L):
-                buf = torch.empty((min(step, L), *a.shape[1:]), dtype=a.dtype, device=a.device)
-            parts = [torch.linalg.vector_norm(torch.sub(a[l0:l0 + step], b[l0:l0 + step], out=buf[:min(step, L - l0)]),
-                                              dim=dims).pow(2) for l0 in range(0, L, step)]
-        for part in parts:
-            total = part if total is None else total + part
+        per = max(1, a[0, 0].numel())
+        step = max(1, min(L, 1_000_000 // per))
+        if buf is None or buf.dtype != a.dtype or buf.device != a.device or buf.shape != (step, *a.shape[2:]):
+            buf = torch.empty((step, *a.shape[2:]), dtype=a.dtype, device=a.device)
+        part = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
+        for e in range(a.shape[1]):
+            for l0 in range(0, L, step):
+                n = min(step, L - l0)
+                out = buf[:n]
+                if b is None:
+                    out.copy_(a[l0:l0 + n, e])
+                else:
+                    torch.sub(a[l0:l0 + n, e], b[l0:l0 + n, e], out=out)
+                part[e] += out.square_().sum()
+        total = part if total is None else total + part
     return total
 
 
