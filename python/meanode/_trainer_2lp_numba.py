@@ -125,16 +125,26 @@ def _times_dsigma_flat(g, a, s, act):
 def _forward_one(UT, VT, hs, A, S, e, c, act):
     """Member ``e``: ``h^{l+1} = h^l + c sum_j sigma(u_j . h^l / D) v_j`` for l = 0..L-1.
 
-    Rows of ``UT``, ``VT`` are swept in order (sequential memory); the (n, M) block of ``A`` is
-    updated by one axpy per (d, i) (blocking over units was measured slower at M = D = 1000)."""
+    Rows of ``UT``, ``VT`` are swept in order (sequential memory), four at a time: the (n, M)
+    block of ``A`` is read and written once per four rows of ``UT`` (``a_i += sum_k h_ik u_k``),
+    and each sample's ``sigma`` row once per four rows of ``VT`` (register blocking). Blocks
+    run over D only, never over samples, so a sample's numbers do not depend on how many others
+    (held-out inputs) pass with it."""
     L, _, D, M = UT.shape
     n = hs.shape[2]
     inv_d = 1.0 / D
+    D4 = D - D % 4
     for l in range(L):
         h, hn = hs[l, e], hs[l + 1, e]
         ut, vt, a_l, s_l = UT[l, e], VT[l, e], A[l, e], S[l, e]
         a_l[:, :] = 0.0
-        for d in range(D):
+        for d in range(0, D4, 4):
+            u0, u1, u2, u3 = ut[d], ut[d + 1], ut[d + 2], ut[d + 3]
+            for i in range(n):
+                h0, h1, h2, h3, ai = h[i, d], h[i, d + 1], h[i, d + 2], h[i, d + 3], a_l[i]
+                for j in range(M):
+                    ai[j] += (h0 * u0[j] + h1 * u1[j]) + (h2 * u2[j] + h3 * u3[j])
+        for d in range(D4, D):
             u = ut[d]
             for i in range(n):
                 hid, ai = h[i, d], a_l[i]
@@ -144,7 +154,22 @@ def _forward_one(UT, VT, hs, A, S, e, c, act):
         for j in range(n * M):
             a_flat[j] *= inv_d
         _sigma_flat(a_l.reshape(n * M), s_l.reshape(n * M), act)
-        for d in range(D):
+        for d in range(0, D4, 4):
+            v0, v1, v2, v3 = vt[d], vt[d + 1], vt[d + 2], vt[d + 3]
+            for i in range(n):
+                si = s_l[i]
+                t0 = t1 = t2 = t3 = 0.0
+                for j in range(M):
+                    sj = si[j]
+                    t0 += sj * v0[j]
+                    t1 += sj * v1[j]
+                    t2 += sj * v2[j]
+                    t3 += sj * v3[j]
+                hn[i, d] = h[i, d] + c * t0
+                hn[i, d + 1] = h[i, d + 1] + c * t1
+                hn[i, d + 2] = h[i, d + 2] + c * t2
+                hn[i, d + 3] = h[i, d + 3] + c * t3
+        for d in range(D4, D):
             v = vt[d]
             for i in range(n):
                 si = s_l[i]
@@ -158,43 +183,96 @@ def _forward_one(UT, VT, hs, A, S, e, c, act):
 def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
     """Member ``e``, layers L-1..0: ``b <- b^l``, ``tVT += step (S^T b)^T``, ``tUT += (step/D) (G^T h)^T``
     with ``G = sigma'(A) (b V^T)``; ``tUT is UT`` allowed (each row is read before it is written,
-    and only there)."""
+    and only there). ``w (4, M)`` scratch.
+
+    Rows are taken four at a time (register blocking as in :func:`_forward_one`): each block of
+    four rows of ``VT`` (then ``UT``) is read for all N samples, then updated, so every row is
+    still read once and written once per layer."""
     L, _, D, M = UT.shape
     N = b.shape[0]
     c_d = c / D
     step_d = step / D
+    D4 = D - D % 4
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
     for l in range(L - 1, -1, -1):
         h = hs[l, e]
         ut, vt, a_l, s_l, tut, tvt = UT[l, e], VT[l, e], A[l, e], S[l, e], tUT[l, e], tVT[l, e]
         G[:, :] = 0.0
-        for d in range(D):
+        for d in range(0, D4, 4):
+            v0, v1, v2, v3 = vt[d], vt[d + 1], vt[d + 2], vt[d + 3]
+            w[:, :] = 0.0
+            for i in range(N):
+                b0, b1, b2, b3, gi, si = b[i, d], b[i, d + 1], b[i, d + 2], b[i, d + 3], G[i], s_l[i]
+                for j in range(M):
+                    gi[j] += (b0 * v0[j] + b1 * v1[j]) + (b2 * v2[j] + b3 * v3[j])  # v before its update
+                    sj = si[j]
+                    w0[j] += b0 * sj  # (S^T b)_jd
+                    w1[j] += b1 * sj
+                    w2[j] += b2 * sj
+                    w3[j] += b3 * sj
+            t0, t1, t2, t3 = tvt[d], tvt[d + 1], tvt[d + 2], tvt[d + 3]
+            for j in range(M):
+                t0[j] += step * w0[j]
+                t1[j] += step * w1[j]
+                t2[j] += step * w2[j]
+                t3[j] += step * w3[j]
+        for d in range(D4, D):
             v = vt[d]
-            w[:] = 0.0
+            w0[:] = 0.0
             for i in range(N):
                 bid, gi, si = b[i, d], G[i], s_l[i]
                 for j in range(M):
-                    gi[j] += bid * v[j]  # (b V^T)_ij with v_j before its update
-                    w[j] += bid * si[j]  # (S^T b)_jd
+                    gi[j] += bid * v[j]
+                    w0[j] += bid * si[j]
             tv = tvt[d]
             for j in range(M):
-                tv[j] += step * w[j]
+                tv[j] += step * w0[j]
         NM = N * M  # the first N rows of the (n, M) blocks: the training samples
         _times_dsigma_flat(G.reshape(NM), a_l.reshape(a_l.size)[:NM], s_l.reshape(s_l.size)[:NM], act)
-        for d in range(D):
+        for d in range(0, D4, 4):
+            u0, u1, u2, u3 = ut[d], ut[d + 1], ut[d + 2], ut[d + 3]
+            w[:, :] = 0.0
+            for i in range(N):
+                gi = G[i]
+                t0 = t1 = t2 = t3 = 0.0
+                for j in range(M):
+                    gj = gi[j]
+                    t0 += gj * u0[j]  # (G U)_id with u before its update
+                    t1 += gj * u1[j]
+                    t2 += gj * u2[j]
+                    t3 += gj * u3[j]
+                bn[i, d] = b[i, d] + c_d * t0
+                bn[i, d + 1] = b[i, d + 1] + c_d * t1
+                bn[i, d + 2] = b[i, d + 2] + c_d * t2
+                bn[i, d + 3] = b[i, d + 3] + c_d * t3
+                h0, h1, h2, h3 = h[i, d], h[i, d + 1], h[i, d + 2], h[i, d + 3]
+                for j in range(M):
+                    gj = gi[j]
+                    w0[j] += h0 * gj  # (G^T h)_jd
+                    w1[j] += h1 * gj
+                    w2[j] += h2 * gj
+                    w3[j] += h3 * gj
+            r0, r1, r2, r3 = tut[d], tut[d + 1], tut[d + 2], tut[d + 3]
+            for j in range(M):
+                r0[j] += step_d * w0[j]
+                r1[j] += step_d * w1[j]
+                r2[j] += step_d * w2[j]
+                r3[j] += step_d * w3[j]
+        for d in range(D4, D):
             u = ut[d]
-            w[:] = 0.0
+            w0[:] = 0.0
             for i in range(N):
                 gi = G[i]
                 t = 0.0
                 for j in range(M):
-                    t += gi[j] * u[j]  # (G U)_id with u_j before its update
+                    t += gi[j] * u[j]
                 bn[i, d] = b[i, d] + c_d * t
                 hid = h[i, d]
                 for j in range(M):
-                    w[j] += hid * gi[j]  # (G^T h)_jd
+                    w0[j] += hid * gi[j]
             tu = tut[d]
             for j in range(M):
-                tu[j] += step_d * w[j]
+                tu[j] += step_d * w0[j]
         b[:, :] = bn
 
 
@@ -216,7 +294,7 @@ def backward_serial(UT, VT, hs, A, S, b0, c, step, tUT, tVT, act):
     for e in range(UT.shape[1]):
         b = b0[e].copy()
         _backward_one(UT, VT, hs, A, S, b, e, c[e], step[e], tUT, tVT, act, np.empty((N, M), b.dtype),
-                      np.empty_like(b), np.empty(M, b.dtype))
+                      np.empty_like(b), np.empty((4, M), b.dtype))
 
 
 @njit(parallel=True, **_OPTS)
@@ -225,4 +303,4 @@ def backward_parallel(UT, VT, hs, A, S, b0, c, step, tUT, tVT, act):
     for e in prange(UT.shape[1]):
         b = b0[e].copy()
         _backward_one(UT, VT, hs, A, S, b, e, c[e], step[e], tUT, tVT, act, np.empty((N, M), b.dtype),
-                      np.empty_like(b), np.empty(M, b.dtype))
+                      np.empty_like(b), np.empty((4, M), b.dtype))
