@@ -483,6 +483,16 @@ def test_without_numba_the_torch_kernel_runs_and_agrees(monkeypatch):
         assert type(resnet._kernel(TwoLayerBlock(2), z)).__name__ == "NumbaTwoLayerKernel"
 
 
+@needs_numba
+def test_wide_layers_take_the_torch_kernel_and_narrower_ones_the_compiled_one():
+    """The routing by M D (resnet.TORCH_KERNEL_FROM_MD): the threshold itself goes to torch."""
+    D = 50
+    M = resnet.TORCH_KERNEL_FROM_MD // D
+    wide = torch.zeros(1, 1, M, 2 * D, dtype=torch.float64)
+    assert type(resnet._kernel(TwoLayerBlock(D), wide)) is resnet._TwoLayerKernel
+    assert type(resnet._kernel(TwoLayerBlock(D), wide[:, :, :M - 1])).__name__ == "NumbaTwoLayerKernel"
+
+
 def test_custom_activation_objects_never_take_the_compiled_path():
     """Only the built-in activation objects map to compiled code; a user's Activation named
     'tanh' but computing something else must run through torch."""

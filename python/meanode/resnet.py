@@ -317,16 +317,24 @@ def _scalar_or_list(x):
     return x if isinstance(x, float) else x.reshape(-1).tolist()
 
 
+# Units per layer (M * D) from which the torch 2LP kernel (MKL GEMMs) beats the compiled loops,
+# one thread, K = 15, N = 10 (benchmarks/bench_trainer.py, 2026-12-02): at (2, 50, 1000, 1000)
+# 14.8 s against 21.7 s; at M * D = 1e4 the compiled loops are ~2x faster, near 1.6e5 the two
+# were measured within 5 % of each other (ratios 0.95-1.06).
+TORCH_KERNEL_FROM_MD = 250_000
+
+
 def _kernel(block: Block, z):
     """The training loops for ``block`` on units ``z (L, E, M, dz)`` (a tensor, or a tuple of
     tensors whose last axes concatenate to ``z``; any strides, never written to: the kernel
     copies them once into its own layout): for the built-in 2LP block the compiled kernel
-    (numba, CPU) where it can run, else the torch 2LP kernel; any other block the generic one."""
+    (numba, CPU) where it can run and ``M D < TORCH_KERNEL_FROM_MD``, else the torch 2LP kernel;
+    any other block the generic one."""
     parts = (z,) if isinstance(z, torch.Tensor) else tuple(z)
     if type(block) is not TwoLayerBlock:
         return _GenericKernel(block, _columns(parts, 0, block.dz))
     U, V = _columns(parts, 0, block.D), _columns(parts, block.D, 2 * block.D)
-    if _trainer_2lp.usable(block, U):
+    if U.shape[2] * block.D < TORCH_KERNEL_FROM_MD and _trainer_2lp.usable(block, U):
         return _trainer_2lp.NumbaTwoLayerKernel(block, U, V)
     return _TwoLayerKernel(block, U, V)
 
