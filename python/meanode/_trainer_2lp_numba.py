@@ -179,6 +179,15 @@ def _forward_one(UT, VT, hs, A, S, e, c, act):
                 hn[i, d] = h[i, d] + c * t
 
 
+@njit(inline="always", **_OPTS)
+def _add_scaled_rows(t, d0, k, scale, w):
+    """``t[d0 + r] += scale * w[r]`` for r < k: a block's update of rows of ``UT`` or ``VT``."""
+    for r in range(k):
+        row, wr = t[d0 + r], w[r]
+        for j in range(row.shape[0]):
+            row[j] += scale * wr[j]
+
+
 @njit(**_OPTS)
 def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
     """Member ``e``, layers L-1..0: ``b <- b^l``, ``tVT += step (S^T b)^T``, ``tUT += (step/D) (G^T h)^T``
@@ -210,12 +219,7 @@ def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
                     w1[j] += b1 * sj
                     w2[j] += b2 * sj
                     w3[j] += b3 * sj
-            t0, t1, t2, t3 = tvt[d], tvt[d + 1], tvt[d + 2], tvt[d + 3]
-            for j in range(M):
-                t0[j] += step * w0[j]
-                t1[j] += step * w1[j]
-                t2[j] += step * w2[j]
-                t3[j] += step * w3[j]
+            _add_scaled_rows(tvt, d, 4, step, w)
         for d in range(D4, D):
             v = vt[d]
             w0[:] = 0.0
@@ -224,9 +228,7 @@ def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
                 for j in range(M):
                     gi[j] += bid * v[j]
                     w0[j] += bid * si[j]
-            tv = tvt[d]
-            for j in range(M):
-                tv[j] += step * w0[j]
+            _add_scaled_rows(tvt, d, 1, step, w)
         NM = N * M  # the first N rows of the (n, M) blocks: the training samples
         _times_dsigma_flat(G.reshape(NM), a_l.reshape(a_l.size)[:NM], s_l.reshape(s_l.size)[:NM], act)
         for d in range(0, D4, 4):
@@ -252,12 +254,7 @@ def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
                     w1[j] += h1 * gj
                     w2[j] += h2 * gj
                     w3[j] += h3 * gj
-            r0, r1, r2, r3 = tut[d], tut[d + 1], tut[d + 2], tut[d + 3]
-            for j in range(M):
-                r0[j] += step_d * w0[j]
-                r1[j] += step_d * w1[j]
-                r2[j] += step_d * w2[j]
-                r3[j] += step_d * w3[j]
+            _add_scaled_rows(tut, d, 4, step_d, w)
         for d in range(D4, D):
             u = ut[d]
             w0[:] = 0.0
@@ -270,9 +267,7 @@ def _backward_one(UT, VT, hs, A, S, b, e, c, step, tUT, tVT, act, G, bn, w):
                 hid = h[i, d]
                 for j in range(M):
                     w0[j] += hid * gi[j]
-            tu = tut[d]
-            for j in range(M):
-                tu[j] += step_d * w0[j]
+            _add_scaled_rows(tut, d, 1, step_d, w)
         b[:, :] = bn
 
 

@@ -319,8 +319,8 @@ def _scalar_or_list(x):
 
 # Units per layer (M * D) from which the torch 2LP kernel (MKL GEMMs) beats the compiled loops,
 # one thread, K = 15, N = 10 (benchmarks/bench_trainer.py, 2026-12-02): at (2, 50, 1000, 1000)
-# 14.8 s against 21.7 s; at M * D = 1e4 the compiled loops are ~2x faster, near 1.6e5 the two
-# were measured within 5 % of each other (ratios 0.95-1.06).
+# 14.8 s against 21.7 s; below M * D ~ 1.6e5 the compiled loops took 0.49-0.95 of the torch
+# kernel's time, from there on the two were within ~5 % (ratios 0.95-1.06, K = 5).
 TORCH_KERNEL_FROM_MD = 250_000
 
 
