@@ -91,3 +91,33 @@ def test_rate_model_recovers_both_terms_within_its_intervals():
     D = np.full_like(L, 2.0)
     a, b = measure.fit_rate_model(L, M, D, 0.05 / L + 0.2 * np.sqrt(D / (L * M)))
     assert a == pytest.approx(0.05, rel=1e-10) and b == pytest.approx(0.2, rel=1e-10)
+
+
+# --- log-log fits -----------------------------------------------------------------------------------
+
+def test_loglog_fits_match_scipy_linregress_and_mark_bad_bootstrap_rows():
+    """measure.loglog_slope / loglog_slopes (closed forms) against scipy.stats.linregress, an
+    independent implementation: slope, intercept and the slope's standard error to rounding, and
+    the t interval of that standard error; a resample with a non-positive value gets NaN."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    for n in (3, 6, 11):
+        x = np.exp(rng.uniform(0.0, 6.0, n))
+        Y = np.exp(rng.normal(0.0, 0.3, (8, n))) * x ** -0.5
+        Y[3, 1] = 0.0
+        slopes = measure.loglog_slopes(x, Y)
+        for b in range(8):
+            if b == 3:
+                assert math.isnan(slopes[b])
+                continue
+            ref = stats.linregress(np.log(x), np.log(Y[b]))
+            fit = measure.loglog_slope(x, Y[b])
+            assert fit.slope == pytest.approx(ref.slope, rel=1e-12, abs=1e-14)
+            assert slopes[b] == pytest.approx(ref.slope, rel=1e-12, abs=1e-14)
+            assert fit.intercept == pytest.approx(ref.intercept, rel=1e-12, abs=1e-14)
+            assert fit.stderr == pytest.approx(ref.stderr, rel=1e-10)
+            half = stats.t.ppf(0.975, n - 2) * ref.stderr
+            assert fit.ci == pytest.approx((ref.slope - half, ref.slope + half), rel=1e-10)
+    with pytest.raises(ValueError, match="distinct"):
+        measure.loglog_slope([2.0, 2.0, 2.0], [1.0, 2.0, 3.0])

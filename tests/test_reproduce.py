@@ -133,7 +133,8 @@ def test_report_wording_follows_the_measured_values(tiny_run, tmp_path):
     mp.setattr(R, "BOOTSTRAP", 20)
     try:
         def report(ds_map, name):
-            return rp.analyse(pre, ds_map, tmp_path / name, {"sweeps": 0.0}, rows, 1, progress=False).read_text()
+            return rp.analyse(pre, ds_map, tmp_path / name, {"sweeps": 0.0}, rows, 1, progress=False,
+                              figures=False).read_text()
 
         # the fluctuation part (reference-free, exact formula) scaled to fall like (L M)^-1: the fit must say "differs"
         width = datasets["width"].copy(deep=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .measure import fit_rate_model, loglog_slope
+from .measure import fit_rate_model, loglog_slope, loglog_slopes
 
 __all__ = ["stack", "param", "quantity", "FitSpec", "SlopeFit", "fit_slope", "RateFit", "fit_rate",
            "phase_table", "residual_table", "lazy_gap", "lazy_gap_fit", "local_slopes", "ref_floor", "labels",
@@ -346,11 +346,8 @@ def fit_slope(st, fs: FitSpec, B: int | None = None, seed: int = 0) -> SlopeFit:
     fit = loglog_slope(x[used], y[used])
     ci_b = nan2
     if yb is not None:
-        slopes = []
-        for b in range(yb.shape[0]):
-            yy = yb[b, used]
-            if np.all(np.isfinite(yy)) and np.all(yy > 0):
-                slopes.append(loglog_slope(x[used], yy).slope)
+        slopes = loglog_slopes(x[used], yb[:, used])
+        slopes = slopes[np.isfinite(slopes)]
         if len(slopes) >= 10:
             ci_b = (float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5)))
     return SlopeFit(fs, fit.slope, ci_b, fit.ci, fit.intercept, n_used, int(sel.sum()), x[sel], y[sel], used[sel],

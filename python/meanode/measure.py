@@ -6,12 +6,13 @@ arrays carry the seed axis first, as returned by :func:`meanode.train_resnet`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["Fit", "loglog_slope", "rms", "init_deviation", "error_split", "fluctuation", "ErrorSplit", "fit_rate_model"]
+__all__ = ["Fit", "loglog_slope", "loglog_slopes", "rms", "init_deviation", "error_split", "fluctuation", "ErrorSplit", "fit_rate_model"]
 
 
 def rms(x: np.ndarray, axis=None) -> np.ndarray:
@@ -45,15 +46,39 @@ def loglog_slope(x, y, level: float = 0.95) -> Fit:
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(x > 0) and np.all(y > 0)):
         raise ValueError("loglog_slope needs finite positive x and y")
     lx, ly = np.log(x), np.log(y)
-    res = stats.linregress(lx, ly)
     n = x.size
-    if n > 2:
-        t = stats.t.ppf(0.5 + level / 2, n - 2)
-        half = t * res.stderr
+    dx, dy = lx - lx.mean(), ly - ly.mean()
+    sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+    if sxx == 0.0:
+        raise ValueError("loglog_slope needs at least two distinct x")
+    slope = sxy / sxx
+    intercept = float(ly.mean() - slope * lx.mean())
+    if n > 2:  # standard error of the slope from the residuals (as scipy.stats.linregress)
+        resid = max(syy - slope * sxy, 0.0)
+        stderr = math.sqrt(resid / (n - 2) / sxx)
+        half = float(stats.t.ppf(0.5 + level / 2, n - 2)) * stderr
     else:
-        half = float("nan")
-    return Fit(float(res.slope), float(res.intercept), float(res.stderr),
-               (float(res.slope - half), float(res.slope + half)), n)
+        stderr, half = 0.0, float("nan")
+    return Fit(float(slope), intercept, float(stderr), (float(slope - half), float(slope + half)), n)
+
+
+def loglog_slopes(x, Y) -> np.ndarray:
+    """Least-squares slopes of ``log Y[b] = c_b + slope_b log x`` for every row ``b`` at once.
+
+    ``x (n,)`` finite and positive, ``Y (B, n)``; a row with a non-positive or non-finite value
+    gets NaN (bootstrap resamples: the caller decides what to do with them). Each slope is the
+    one :func:`loglog_slope` fits to that row, to rounding.
+    """
+    x, Y = np.asarray(x, dtype=float), np.asarray(Y, dtype=float)
+    if x.ndim != 1 or Y.ndim != 2 or Y.shape[1] != x.size or x.size < 2:
+        raise ValueError(f"x must be (n,) with n >= 2 and Y (B, n), got {x.shape} and {Y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(x > 0)):
+        raise ValueError("loglog_slopes needs finite positive x")
+    ok = np.all(np.isfinite(Y) & (Y > 0), axis=1)
+    lx = np.log(x) - np.log(x).mean()
+    ly = np.log(np.where(ok[:, None], Y, 1.0))
+    slopes = (ly - ly.mean(axis=1, keepdims=True)) @ lx / (lx @ lx)
+    return np.where(ok, slopes, np.nan)
 
 
 def init_deviation(h: np.ndarray, h0: np.ndarray) -> float:

@@ -49,8 +49,9 @@ def _machine(workers: int, device: str = "cpu") -> dict:
 
 
 def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: list[dict], workers: int,
-            progress: bool = True) -> Path:
-    """Fits, figures and report.md from the merged datasets of a preset."""
+            progress: bool = True, figures: bool = True) -> Path:
+    """Fits, figures and report.md from the merged datasets of a preset (``figures=False``: the fits
+    and the report only, e.g. to re-word a report without redrawing its figures)."""
     from . import plots
     t0 = time.perf_counter()
     stacked = {k: A.stack(v) for k, v in datasets.items()}
@@ -96,7 +97,7 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
         ("large_d", lambda: plots.large_d(d["large_d"], fig_dir, res=large)),
     ]
     for role, fn in jobs:
-        if role in d and (role != "euler" or "width" in d):
+        if figures and role in d and (role != "euler" or "width" in d):
             figs += fn()
     timing["figures"] = time.perf_counter() - t1
     divs = []
