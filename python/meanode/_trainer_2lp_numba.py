@@ -279,8 +279,8 @@ def forward_serial(UT, VT, hs, A, S, c, act):
 
 @njit(parallel=True, **_OPTS)
 def forward_parallel(UT, VT, hs, A, S, c, act):
-    for e in prange(UT.shape[1]):
-        _forward_one(UT, VT, hs, A, S, e, c[e], act)
+    for e in prange(UT.shape[1]):  # prange's index is unsigned: int64 reuses the serial specialisation
+        _forward_one(UT, VT, hs, A, S, np.int64(e), c[e], act)
 
 
 @njit(**_OPTS)
@@ -295,7 +295,7 @@ def backward_serial(UT, VT, hs, A, S, b0, c, step, tUT, tVT, act):
 @njit(parallel=True, **_OPTS)
 def backward_parallel(UT, VT, hs, A, S, b0, c, step, tUT, tVT, act):
     N, M = b0.shape[1], UT.shape[3]
-    for e in prange(UT.shape[1]):
+    for e in prange(UT.shape[1]):  # np.int64(e): see forward_parallel
         b = b0[e].copy()
-        _backward_one(UT, VT, hs, A, S, b, e, c[e], step[e], tUT, tVT, act, np.empty((N, M), b.dtype),
+        _backward_one(UT, VT, hs, A, S, b, np.int64(e), c[e], step[e], tUT, tVT, act, np.empty((N, M), b.dtype),
                       np.empty_like(b), np.empty((4, M), b.dtype))

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["Fit", "loglog_slope", "loglog_slopes", "rms", "init_deviation", "error_split", "fluctuation", "ErrorSplit", "fit_rate_model"]
 
@@ -56,6 +55,8 @@ def loglog_slope(x, y, level: float = 0.95) -> Fit:
     if n > 2:  # standard error of the slope from the residuals (as scipy.stats.linregress)
         resid = max(syy - slope * sxy, 0.0)
         stderr = math.sqrt(resid / (n - 2) / sxx)
+        from scipy import stats  # imported here: scipy.stats alone costs ~1 s of every process start
+
         half = float(stats.t.ppf(0.5 + level / 2, n - 2)) * stderr
     else:
         stderr, half = 0.0, float("nan")

@@ -53,6 +53,8 @@ def analyse(pre: Preset, datasets: dict, out: Path, timing: dict, sweep_rows: li
     """Fits, figures and report.md from the merged datasets of a preset (``figures=False``: the fits
     and the report only, e.g. to re-word a report without redrawing its figures)."""
     from . import plots
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stacked = {k: A.stack(v) for k, v in datasets.items()}
     fits = []
