@@ -123,7 +123,11 @@ def _errbar(ax, x, y, lo, hi, **kw):
 
 
 def _legend_below(ax, ncol=2, **kw):
-    """Legend under the axes (never over the data); constrained layout makes room."""
+    """Legend under the axes (never over the data); constrained layout makes room. Beside another
+    panel at most 2 columns: 3 columns of labels are wider than a panel of an 11-inch, 2-panel
+    figure and ran into the neighbour's legend."""
+    if len(ax.figure.axes) > 1:
+        ncol = min(ncol, 2)
     return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False, **kw)
 
 
