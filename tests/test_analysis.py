@@ -121,3 +121,5 @@ def test_loglog_fits_match_scipy_linregress_and_mark_bad_bootstrap_rows():
             assert fit.ci == pytest.approx((ref.slope - half, ref.slope + half), rel=1e-10)
     with pytest.raises(ValueError, match="distinct"):
         measure.loglog_slope([2.0, 2.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="distinct"):
+        measure.loglog_slopes([2.0, 2.0, 2.0], [[1.0, 2.0, 3.0]])

@@ -76,9 +76,13 @@ def loglog_slopes(x, Y) -> np.ndarray:
     if not (np.all(np.isfinite(x)) and np.all(x > 0)):
         raise ValueError("loglog_slopes needs finite positive x")
     ok = np.all(np.isfinite(Y) & (Y > 0), axis=1)
-    lx = np.log(x) - np.log(x).mean()
+    lx = np.log(x)
+    lx = lx - lx.mean()
+    sxx = float(lx @ lx)
+    if sxx == 0.0:
+        raise ValueError("loglog_slopes needs at least two distinct x")
     ly = np.log(np.where(ok[:, None], Y, 1.0))
-    slopes = (ly - ly.mean(axis=1, keepdims=True)) @ lx / (lx @ lx)
+    slopes = (ly - ly.mean(axis=1, keepdims=True)) @ lx / sxx
     return np.where(ok, slopes, np.nan)
 
 
