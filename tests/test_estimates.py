@@ -95,6 +95,23 @@ def test_tol_is_met_and_the_result_is_within_it():
     assert np.abs(res.f - ref.f).max() <= tol and np.abs(res.h - ref.h).max() <= tol
 
 
+def test_the_solver_part_covers_the_solver_error_where_the_allowance_does_not():
+    """D = 4 tanh, K = 15: at rtol 1e-10 the solver's error (against rtol 1e-13 on the same nodes, an
+    independent and much tighter solve) is ~4x the allowance 10 (rtol max|f| + atol); the solver twin
+    (the same nodes at 10 x rtol and atol) must cover it, for f and h."""
+    prob = mn.Problem.default(D=4)
+    kw = dict(alpha=1.0, eta=0.2, steps=15, rule=mn.Lattice(level=7, replicates=1, orient="screened"), depth_nodes=17)
+    res = mn.mean_ode_limit(**prob.arrays(), rtol=1e-10, atol=1e-12, solver_twin=True, **kw)
+    ref = mn.mean_ode_limit(**prob.arrays(), rtol=1e-13, atol=1e-15, **kw)
+    assert res.config["rtol"] == 1e-10 and isinstance(res.config["solver_twin"], dict)
+    assert ref.config["solver_twin"].startswith("not run")  # its allowance is far below its quadrature part
+    err_f, err_h = np.abs(res.f - ref.f).max(), np.abs(res.h - ref.h).max()
+    allowance = 10 * (1e-10 * np.abs(res.f).max() + 1e-12)
+    assert allowance < err_f  # the old figure under-reports here: the test can fail
+    assert res.error_parts["solver"] >= err_f and res.h_error_parts["solver"] >= err_h
+    assert res.error_parts["solver"] <= 100 * err_f  # a measurement, not a blanket allowance
+
+
 def test_a_tolerance_out_of_reach_says_why_within_its_time_budget():
     prob = mn.Problem.default(D=2, N=4)
     res = mn.mean_ode_limit(**prob.arrays(), alpha=1.0, eta=0.2, steps=2, tol=1e-14, max_time=5.0,

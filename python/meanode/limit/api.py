@@ -26,7 +26,7 @@ from .estimate import package, quadrature_limit
 from .options import RuleFamily, RuleOptions, Smolyak, as_rule
 from .result import LimitResult
 
-__all__ = ["mean_ode_limit", "lazy_limit", "resolve_method", "METHODS"]
+__all__ = ["mean_ode_limit", "lazy_limit", "resolve_method", "solver_tolerances", "METHODS"]
 
 METHODS = ("auto", "closure", "quadrature", "lazy")
 #: depth nodes of the exact closure and of the lazy ODE with depth_nodes="auto" (cheap to solve)
@@ -82,6 +82,32 @@ def _check_inputs(X, Y, W_E, W_U, X_eval, *, alpha, eta, steps, rtol, atol, devi
                    divergence_threshold)
 
 
+#: the ODE tolerances without ``tol``
+RTOL, ATOL = 1e-10, 1e-12
+#: with ``tol`` and no ``rtol``: rtol = TOL_TO_RTOL x tol, clamped to RTOL_RANGE; atol = rtol / 100
+TOL_TO_RTOL, RTOL_RANGE = 1e-4, (1e-12, 1e-8)
+
+
+def solver_tolerances(rtol: float | None, atol: float | None, tol: float | None) -> tuple[float, float]:
+    """(rtol, atol) of the ODE solves. Without ``tol``: the given ones, else ``RTOL, ATOL``. With
+    ``tol``: a given ``rtol`` (``atol``) is tightened to at most ``tol / 100`` (``tol / 1000``), so
+    the solver part stays an order below the tolerance; an absent one is ``1e-4 tol`` clamped to
+    [1e-12, 1e-8] (``atol`` a hundredth of it): the solver error grows like ``rtol^0.65``
+    (measured, ``docs/error_estimates.md``), so ``rtol = 1e-4 tol`` keeps it well under ``tol``
+    while saving up to a third of the right-hand-side evaluations against 1e-10; the solver twin
+    measures what it is."""
+    if rtol is not None:
+        rtol = positive_float("rtol", rtol)
+    if atol is not None:
+        atol = positive_float("atol", atol)
+    if tol is None:
+        return (RTOL if rtol is None else rtol), (ATOL if atol is None else atol)
+    auto = min(max(TOL_TO_RTOL * tol, RTOL_RANGE[0]), RTOL_RANGE[1])
+    rtol = auto if rtol is None else min(rtol, tol / 100)
+    atol = rtol / 100 if atol is None else min(atol, tol / 1000)
+    return rtol, atol
+
+
 def resolve_method(method: str, block: Block) -> str:
     """``method`` checked; ``"auto"`` becomes ``"closure"`` where it is exact (``block.closure_exact``),
     else ``"quadrature"``."""
@@ -94,10 +120,11 @@ def resolve_method(method: str, block: Block) -> str:
 
 def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, activation: str = "tanh",
                    block: Block | None = None, method: str = "auto", rule: str | RuleOptions | Callable = "auto",
-                   fold: bool | None = None, solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
-                   backend: str | None = None, X_eval=None, device="cpu", depth_nodes: int | str = "auto",
+                   fold: bool | None = None, solver: str = "DOP853", rtol: float | None = None,
+                   atol: float | None = None, backend: str | None = None, X_eval=None, device="cpu", depth_nodes: int | str = "auto",
                    progress: bool = False, max_rhs: int = MAX_RHS, divergence_threshold: float = 1e6,
-                   tol: float | None = None, max_time: float | None = None, **rule_options) -> LimitResult:
+                   tol: float | None = None, max_time: float | None = None, solver_twin: bool | None = None,
+                   **rule_options) -> LimitResult:
     """The Neural Mean ODE training dynamics (SPEC §3) over ``steps`` GD steps, with an error estimate.
 
     Arguments:
@@ -117,13 +144,18 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
             ``orient=``, ``replicates=``, ``seed=``); each rule checks its own.
         fold (quadrature): use the z -> -z symmetry (half the nodes); default when the block allows it.
         solver: a name from :mod:`meanode.solvers` (``"DOP853"``, ``"Radau"``, ``"torch:Tsit5"``,
-            ``"julia:Vern9"``...); a name mapped to another method warns once; rtol, atol: tolerances.
+            ``"julia:Vern9"``...); a name mapped to another method warns once; rtol, atol: the
+            solves' tolerances (default 1e-10, 1e-12; with ``tol`` see below).
         backend: ``"scipy"`` (default), ``"torch"``, ``"julia"`` or ``"auto"`` (Julia when usable,
             else SciPy; ``result.solver.backend`` and ``config["backend_note"]`` say which ran).
         device: where the expectations over nodes run (``"cpu"``, ``"cuda"``); state in float64.
         depth_nodes: Q, the Chebyshev–Lobatto nodes in depth carrying trajectories and units;
             ``"auto"``: 33 for the closure, for quadrature 17 raised to 33, 65 while the
             depth-interpolation allowance exceeds the quadrature gap.
+        solver_twin (quadrature): measure the solver part by re-solving the level's first node set
+            at 10 x rtol and atol (:mod:`meanode.limit.estimate`): None (default) where the solver
+            could matter (10 x its allowance above a tenth of the quadrature part), True always,
+            False never (the part is then 10 x the allowance).
         progress: print one line per step to stderr.
         max_rhs: right-hand-side evaluations allowed per ODE solve; more raises
             :class:`~meanode.solvers.SolverError` (status ``"max_rhs"``) naming the cap.
@@ -133,30 +165,33 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
         tol, max_time (quadrature): accuracy on request: the rule is refined until both estimates
             (``f`` and ``h``) are at most ``tol``, or until the next level would not finish within
             ``max_time`` seconds; ``result.tol_met`` says which (:mod:`meanode.limit.estimate`).
-            ``tol`` also tightens ``rtol`` to at most ``tol / 100`` and ``atol`` to ``tol / 1000``, so
-            that the solver's own allowance stays an order below it, and a lattice's ``tail`` (the
-            Gaussian mass its radial map leaves out, a floor of its error) to at most ``tol / 1000``.
+            ``tol`` also sets the ODE tolerances (:func:`solver_tolerances`: unless given, ``rtol =
+            1e-4 tol`` clamped to [1e-12, 1e-8] and ``atol = rtol / 100``; given ones are tightened
+            to ``tol / 100`` and ``tol / 1000``), and a lattice's ``tail`` (the Gaussian mass its
+            radial map leaves out, a floor of its error) to at most ``tol / 1000``.
             Refinement also stops when two refinements in a row do not halve the estimate (a floor
             the rule cannot pass) or when the next level would not fit in memory.
 
     Returns a :class:`~meanode.limit.result.LimitResult`; ``error_estimate`` and
     ``h_error_estimate`` estimate the max-abs errors of ``f`` and ``h``: the quadrature part
     (the largest of the gap to the ``coarse`` level and the spread of the independent rotations
-    at the ``level``; RQMC: 3 standard errors), plus depth-interpolation and solver allowances
-    (``error_parts``, ``h_error_parts``). Estimates, not proven bounds: see
+    at the ``level``; RQMC: 3 standard errors), plus a depth-interpolation allowance and a solver
+    part (the allowance ``10 (rtol max|x| + atol)`` or, when larger, the measured gap of a solve at
+    10 x the tolerances; ``error_parts``, ``h_error_parts``). Estimates, not proven bounds: see
     ``docs/error_estimates.md`` for how they were checked.
     """
     t0 = time.perf_counter()
-    if tol is not None:  # the solver's allowance, 10 (rtol max|f| + atol), must not be what misses tol
+    if tol is not None:
         tol = positive_float("tol", tol)
-        rtol, atol = min(positive_float("rtol", rtol), tol / 100), min(positive_float("atol", atol), tol / 1000)
+    rtol, atol = solver_tolerances(rtol, atol, tol)
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=alpha, eta=eta, steps=steps, rtol=rtol, atol=atol,
                         device=device, depth_nodes=depth_nodes, block=block, activation=activation,
                         max_rhs=max_rhs, divergence_threshold=divergence_threshold)
     block = inp.block
     method = resolve_method(method, block)
-    if method != "quadrature" and (rule != "auto" or rule_options or fold is not None):
-        given = sorted(set(rule_options) | ({"rule"} if rule != "auto" else set()) | ({"fold"} if fold is not None else set()))
+    if method != "quadrature" and (rule != "auto" or rule_options or fold is not None or solver_twin is not None):
+        given = sorted(set(rule_options) | ({"rule"} if rule != "auto" else set()) | ({"fold"} if fold is not None else set())
+                       | ({"solver_twin"} if solver_twin is not None else set()))
         raise TypeError(f"method={method!r} takes no quadrature options, got {given}")
     if method == "lazy":
         return lazy_limit(X, Y, W_E, W_U, eta=eta, steps=steps, block=block, solver=solver, rtol=rtol, atol=atol,
@@ -190,15 +225,18 @@ def mean_ode_limit(X, Y, W_E, W_U, *, alpha: float, eta: float, steps: int, acti
     config.update(rule=getattr(ropt.fn, "__name__", "family") if isinstance(ropt, RuleFamily) else ropt.name)
     if max_time is not None:
         max_time = positive_float("max_time", max_time)
-    res = quadrature_limit(inp, be, choice, ropt, bool(fold), progress, config, t0, tol=tol, max_time=max_time)
+    if solver_twin not in (None, True, False):
+        raise TypeError(f"solver_twin must be None, True or False, got {solver_twin!r}")
+    res = quadrature_limit(inp, be, choice, ropt, bool(fold), progress, config, t0, tol=tol, max_time=max_time,
+                           solver_twin=solver_twin)
     if note is not None and hasattr(be, "note"):
         res.config["backend_note"] = be.note
     return res
 
 
 def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tanh", block: Block | None = None,
-               solver: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12, backend: str | None = None,
-               X_eval=None, device="cpu", depth_nodes: int | str = "auto", progress: bool = False,
+               solver: str = "DOP853", rtol: float | None = None, atol: float | None = None,
+               backend: str | None = None, X_eval=None, device="cpu", depth_nodes: int | str = "auto", progress: bool = False,
                max_rhs: int = MAX_RHS, divergence_threshold: float = 1e6) -> LimitResult:
     """The lazy (alpha -> infinity) limit: the kernel ODE of SPEC §4.2 over ``steps`` steps.
 
@@ -209,6 +247,7 @@ def lazy_limit(X, Y, W_E, W_U, *, eta: float, steps: int, activation: str = "tan
     ``depth_nodes="auto"`` is 33).
     """
     t0 = time.perf_counter()
+    rtol, atol = solver_tolerances(rtol, atol, None)
     inp = _check_inputs(X, Y, W_E, W_U, X_eval, alpha=1.0, eta=eta, steps=steps, rtol=rtol, atol=atol,
                         device=device, depth_nodes=depth_nodes, block=block, activation=activation,
                         max_rhs=max_rhs, divergence_threshold=divergence_threshold)

@@ -12,7 +12,21 @@ samples, coordinates):
   when they are the rotation's), ``spread`` the largest range over the ``R`` replicates (what the
   rotation alone changes). For RQMC, 3 standard errors of the replicate mean.
 * ``depth_interpolation`` — the Chebyshev tail of the trajectories (:class:`~.depth.DepthGrid`),
-  times the largest value; ``solver`` — 10 x the local tolerance at the output scale.
+  times the largest value.
+* ``solver`` — the allowance ``10 (rtol max|x| + atol)`` (closure, lazy) or, for quadrature,
+  ``UNMEASURED_FACTOR = 10`` times it or a measurement:
+  replicate 0 of the returned level solved again at 10 x ``rtol`` and ``atol`` (the *solver
+  twin*), the part being the larger of the allowance and twice the largest difference of the two
+  solves. If the looser solve's error is ``c`` times the run's with the same sign, the
+  difference is ``(c - 1)`` times the run's error, so the factor 2 covers ``c >= 1.5``; on D = 3,
+  4 with K = 15 the difference was 1.1-7 times the run's error (``docs/error_estimates.md``).
+  Measured because the allowance alone under-reports at tight tolerances (D = 4 tanh, rtol
+  1e-10: error 1.4e-8 against 1.7e-9) and because the solver's error changes with the node set
+  by up to 10x (so the twin is of the level itself, not of a cheaper one). The twin is run once,
+  for the returned level, and only where the solver could matter: where 10 x the allowance (the
+  allowance under-reported by at most 10x in every case measured) is at most a tenth of the
+  quadrature part, that figure is the part and no twin is run (``solver_twin=True`` / ``False``
+  forces it / skips it; ``config["solver_twin"]`` says which).
 * ``kernel`` (lazy limit with a quadrature kernel) — the gap between two kernel resolutions.
 
 **Convergence check.** The rule's convergence model says the ``coarse`` level is worse than the
@@ -47,6 +61,16 @@ from .result import LimitResult, Run
 
 __all__ = ["package", "quadrature_limit", "mean_run", "AUTO_DEPTH"]
 
+#: the solver twin's tolerances, relative to the run's (module docstring)
+TWIN_FACTOR = 10.0
+#: the solver part is this many times the twin's gap (module docstring)
+TWIN_SAFETY = 2.0
+#: without ``tol``, where this many times the allowance is at most a tenth of the quadrature part
+#: the twin is not run and that is the solver part (the allowance under-reported by up to 10x)
+UNMEASURED_FACTOR = 10.0
+#: a twin's time relative to its run's (right-hand-side evaluations at 10 x rtol, measured 0.6-0.7)
+TWIN_COST = 0.7
+
 #: depth_nodes="auto": start here and double (2Q - 1, nested Chebyshev-Lobatto nodes) while the
 #: depth-interpolation allowance exceeds the quadrature part, up to the maximum
 AUTO_DEPTH = (17, 65)
@@ -70,11 +94,15 @@ def mean_run(runs: list[Run]) -> Run:
 
 def package(inp, spec, runs: list[Run], main: Run, method: str, quad: tuple[dict, dict], config: dict, t0: float,
             rule=None, lazy: bool = False, verified: bool = True, warnings: tuple = (), tol=None,
-            tol_met=None) -> LimitResult:
+            tol_met=None, solver_measured: tuple[float, float] | None = None, extra_runs: tuple = (),
+            solver_factor: float = 1.0) -> LimitResult:
     """A :class:`LimitResult` of ``main`` (e.g. a replicate mean) with the parts ``quad = (f_parts,
-    h_parts)`` measured on ``runs``; the depth and solver allowances of ``f`` and ``h`` are added here."""
+    h_parts)`` measured on ``runs``; the depth and solver allowances of ``f`` and ``h`` are added here,
+    the solver part is ``solver_factor`` x the allowance, or with ``solver_measured = (f, h)`` (the
+    solver twin's) the larger of that and the allowance;
+    ``extra_runs`` (the twin) count in the stats only."""
     stats = ODEStats()
-    for r in runs:
+    for r in (*runs, *extra_runs):
         stats.add(r.stats)
     stats.wall_time = time.perf_counter() - t0
     N = inp.X.shape[0]
@@ -90,10 +118,14 @@ def package(inp, spec, runs: list[Run], main: Run, method: str, quad: tuple[dict
         H[diverged_step:] = np.nan
     h_all = H[:, -1]
     tail = max(r.depth_tail for r in runs)
-    for parts, x in ((fparts, f_all), (hparts, h_all)):
+    for i, (parts, x) in enumerate(((fparts, f_all), (hparts, h_all))):
         ok = not diverged and np.isfinite(x).all() and x.size
         parts["depth_interpolation"] = tail * float(np.max(np.abs(x))) if ok else math.nan
         parts["solver"] = _solver_error(x, inp.rtol, inp.atol) if ok else math.nan
+        if ok and solver_measured is not None:
+            parts["solver"] = max(parts["solver"], float(solver_measured[i]))
+        elif ok:
+            parts["solver"] *= solver_factor
     loss = 0.5 * np.sum((f_all[:, :N] - inp.Y.cpu().numpy()) ** 2, axis=(1, 2)) / N
     has_eval = f_all.shape[1] > N
     choice = runs[0].choice or spec.choice
@@ -156,6 +188,7 @@ class _Cache:
         self.fold, self.ridges, self.progress = fold, ridges, progress
         self.runs: dict[tuple, Run] = {}
         self.nodes: dict[int, int] = {}
+        self.twin: Run | None = None
 
     def node_set(self, level: int, rep: int, coarse: bool = False) -> q.Rule:
         block = self.inp.block
@@ -166,14 +199,35 @@ class _Cache:
             rule = self.rule.node_set(level, rep, block.dz, var, self.ridges, coarse=coarse)
         return rule.fold_odd_symmetry() if self.fold else rule
 
-    def get(self, level: int, rep: int, Q: int, coarse: bool = False) -> Run:
-        key = (level, rep, Q, coarse and hasattr(self.rule, "tail"))
+    def get(self, level: int, rep: int, Q: int, coarse: bool = False, loose: bool = False) -> Run:
+        """The run of a node set; ``loose``: its solver twin (10 x rtol and atol)."""
+        key = (level, rep, Q, coarse and hasattr(self.rule, "tail"), loose)
         if key not in self.runs:
             rule = self.node_set(level, rep, coarse)
             if not coarse:
                 self.nodes[level] = rule.num_nodes
-            self.runs[key] = self.backend.run(self.inp.spec(self.choice, Q, self.progress), "quadrature", rule)
+            spec = self.inp.spec(self.choice, Q, self.progress)
+            if loose:
+                spec = replace(spec, rtol=TWIN_FACTOR * spec.rtol, atol=TWIN_FACTOR * spec.atol)
+            self.runs[key] = self.backend.run(spec, "quadrature", rule)
         return self.runs[key]
+
+    def solver_twin(self, rule, Q: int) -> tuple[float, float]:
+        """(f, h) solver parts: ``TWIN_SAFETY`` x the max-abs gaps between the run of replicate 0 at
+        the level and its solver twin (module docstring). A twin that diverges or
+        fails where the run did not gives ``inf`` (the solve is not stable to its tolerance)."""
+        from ..solvers import SolverError
+
+        args = (rule.level, 0, Q, False)
+        run = self.get(*args)
+        try:
+            twin = self.get(*args, loose=True)
+        except SolverError:
+            return math.inf, math.inf
+        if twin.diverged_step >= 0 and run.diverged_step < 0:
+            return math.inf, math.inf
+        self.twin = twin
+        return (TWIN_SAFETY * _max_abs(run.f - twin.f), TWIN_SAFETY * _max_abs(_h1(run) - _h1(twin)))
 
 
 def _pilot_ridges(inp, backend, choice, rule, fold: bool, config: dict, t0: float):
@@ -191,7 +245,8 @@ def _pilot_ridges(inp, backend, choice, rule, fold: bool, config: dict, t0: floa
 
 
 def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, config: dict, t0: float,
-                     tol: float | None = None, max_time: float | None = None) -> LimitResult:
+                     tol: float | None = None, max_time: float | None = None,
+                     solver_twin: bool | None = None) -> LimitResult:
     """Quadrature nodes over z ~ mu0 (SPEC §4.3) with the estimates of the module docstring; with
     ``tol`` the rule is refined until both estimates meet it or ``max_time`` would be exceeded."""
     from .options import RQMC, Lattice
@@ -222,8 +277,10 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
                 config["quadrature_rms_se"] = rms_standard_error(fine)
             label = rule.label() if rqmc else f"{rule.label()}" + (f" x {rule.replicates} rotations"
                                                                     if rule.replicates > 1 else "")
-            res = package(inp, inp.spec(choice, Q, progress), runs, mean_run(fine), f"quadrature/{label}", (fq, hq),
-                          config, t0, rule, verified=verified, warnings=(reason,) if reason else (), tol=tol)
+            args = (inp, inp.spec(choice, Q, progress), runs, mean_run(fine), f"quadrature/{label}", (fq, hq), config,
+                    t0, rule)
+            kw = dict(verified=verified, warnings=(reason,) if reason else (), tol=tol)
+            res = package(*args, **kw, solver_factor=UNMEASURED_FACTOR)
             p = res.error_parts
             if (inp.depth_nodes != "auto" or Q >= AUTO_DEPTH[1] or res.diverged
                     or p["depth_interpolation"] <= max(p["quadrature"], p["solver"])):
@@ -231,37 +288,73 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             Q = 2 * Q - 1
         tried.append(dict(level=rule.level, coarse=rule.coarse, depth_nodes=Q, error_estimate=res.error_estimate,
                           h_error_estimate=res.h_error_estimate, seconds=time.perf_counter() - t_level))
-        if tol is None or res.diverged:
-            return res
-        met = res.error_estimate <= tol and res.h_error_estimate <= tol
-        if met:
-            return _with_tol(res, tol, True, tried, "")
-        floor = max(res.error_parts["solver"], res.h_error_parts["solver"])
-        if floor > tol:  # no level can help: the solver's own allowance is above the tolerance
-            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the solver allowance {floor:.1e} alone "
-                             "exceeds it (lower rtol and atol)")
-        best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried]
-        if len(tried) >= 3 and min(best[-2:]) > 0.5 * best[-3]:
-            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the estimates stalled near "
-                             f"{best[-1]:.1e} (max of f and h) over the last two refinements (a floor of the rule "
-                             "at these options; try another rule or a smaller tail)")
-        nxt = rule.refined(inp.block)
-        ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
-        predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
-        elapsed = time.perf_counter() - t0
-        if max_time is not None and elapsed + predicted > max_time:
-            why = (f"tol = {tol:g} not met: estimates {res.error_estimate:.2e} (f), {res.h_error_estimate:.2e} (h) "
-                   f"after {elapsed:.0f} s; the next level ({nxt.level}) would take ~{predicted:.0f} s more than "
-                   f"max_time = {max_time:g} s allows")
-            return _with_tol(res, tol, False, tried, why)
-        if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
-            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level exceeds the node limit")
-        avail = _available_bytes()  # None where /proc/meminfo is absent: no memory guard there
-        need = _level_bytes(ratio) if avail is not None else 0.0
-        if avail is not None and need > 0.5 * avail:
-            return _with_tol(res, tol, False, tried, f"tol = {tol:g} not met: the next level ({nxt.level}) needs "
-                             f"~{need / 2**30:.1f} GiB, more than half the {avail / 2**30:.1f} GiB available")
+        met, why, nxt = _next_level(res, inp, rule, tried, tol, max_time, t0)
+        if nxt is None:
+            break
         rule = nxt
+    if res.diverged:
+        return res
+    res = _with_solver_part(res, cache, rule, Q, solver_twin, args, kw, config)
+    if tol is None:
+        return res
+    if met and not (res.error_estimate <= tol and res.h_error_estimate <= tol):
+        met, why = False, (f"tol = {tol:g} not met: the measured solver part (f {res.error_parts['solver']:.1e}, h "
+                           f"{res.h_error_parts['solver']:.1e}) takes the estimates over it (lower rtol and atol)")
+    return _with_tol(res, tol, met, tried, why)
+
+
+def _with_solver_part(res, cache, rule, Q, twin, args, kw, config) -> LimitResult:
+    """``res`` (whose solver part is ``UNMEASURED_FACTOR`` x the allowance) with that part measured
+    by the solver twin (module docstring): with ``twin`` None, only where it exceeds a tenth of the
+    quadrature part; True: always; False: never."""
+    ratio = max(res.error_parts["solver"] / res.error_parts["quadrature"] if res.error_parts["quadrature"] else
+                math.inf, res.h_error_parts["solver"] / res.h_error_parts["quadrature"] if
+                res.h_error_parts["quadrature"] else math.inf)
+    if twin is False or (twin is None and ratio <= 0.1):
+        why = "solver_twin=False" if twin is False else (f"{UNMEASURED_FACTOR:g} x the allowance is under a tenth "
+                                                         "of the quadrature part")
+        return replace(res, config=dict(res.config, solver_twin=f"not run: {why}"))
+    t_twin = time.perf_counter()
+    measured = cache.solver_twin(rule, Q)
+    config.update(solver_twin=dict(rtol=TWIN_FACTOR * cache.inp.rtol, atol=TWIN_FACTOR * cache.inp.atol,
+                                   level=rule.level, f_part=measured[0], h_part=measured[1],
+                                   seconds=time.perf_counter() - t_twin))
+    return package(*args, **kw, solver_measured=measured, extra_runs=(cache.twin,) if cache.twin else ())
+
+
+def _next_level(res, inp, rule, tried, tol, max_time, t0):
+    """(met, why, next rule or None to stop) of accuracy on request (module docstring)."""
+    if tol is None or res.diverged:
+        return None, "", None
+    if res.error_estimate <= tol and res.h_error_estimate <= tol:
+        return True, "", None
+    floor = max(res.error_parts["solver"], res.h_error_parts["solver"])
+    if floor > tol:  # no level can help: the solver's own part is above the tolerance
+        return False, (f"tol = {tol:g} not met: the solver part {floor:.1e} ({UNMEASURED_FACTOR:g} x its allowance) "
+                       "alone exceeds it (lower rtol and atol)"), None
+    best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried]
+    if len(tried) >= 3 and min(best[-2:]) > 0.5 * best[-3]:
+        return False, (f"tol = {tol:g} not met: the estimates stalled near {best[-1]:.1e} (max of f and h) over the "
+                       "last two refinements (a floor of the rule at these options; try another rule or a smaller "
+                       "tail)"), None
+    nxt = rule.refined(inp.block)
+    ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
+    # the next level's replicates and coarse run, counted at the next level's size (the coarse is smaller:
+    # the difference pays for a solver twin, TWIN_COST of one run, where it is run)
+    predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
+    elapsed = time.perf_counter() - t0
+    if max_time is not None and elapsed + predicted > max_time:
+        return False, (f"tol = {tol:g} not met: estimates {res.error_estimate:.2e} (f), {res.h_error_estimate:.2e} "
+                       f"(h) after {elapsed:.0f} s; the next level ({nxt.level}) would take ~{predicted:.0f} s more "
+                       f"than max_time = {max_time:g} s allows"), None
+    if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
+        return False, f"tol = {tol:g} not met: the next level exceeds the node limit", None
+    avail = _available_bytes()  # None where /proc/meminfo is absent: no memory guard there
+    need = _level_bytes(ratio) if avail is not None else 0.0
+    if avail is not None and need > 0.5 * avail:
+        return False, (f"tol = {tol:g} not met: the next level ({nxt.level}) needs ~{need / 2**30:.1f} GiB, more "
+                       f"than half the {avail / 2**30:.1f} GiB available"), None
+    return None, "", nxt
 
 
 #: smallest lattice tail that ``tol`` asks for (below it the radius grows without a measurable gain)

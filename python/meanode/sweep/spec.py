@@ -131,7 +131,8 @@ class ReferenceSpec:
     default: 1/20 of the smallest finite error the reference will be compared with, predicted from
     L*M before training, :func:`meanode.sweep.references.auto_tolerance`) or None (the rule's
     levels as given). max_time: seconds the reference may take to meet it (then it says why not).
-    depth_nodes, rtol, atol: limit solver settings.
+    depth_nodes, rtol, atol: limit solver settings (rtol, atol None: the limit's, which follow ``tol``,
+    :func:`meanode.limit.api.solver_tolerances`).
     L, M, D, seeds: the network reference (method ``network``; D defaults to the sweep's D_max).
     """
 
@@ -140,8 +141,8 @@ class ReferenceSpec:
     coarse: int | None = None
     rule: str | None = None
     depth_nodes: int | str = "auto"
-    rtol: float = 1e-10
-    atol: float = 1e-12
+    rtol: float | None = None
+    atol: float | None = None
     L: int | None = None
     M: int | None = None
     D: int | None = None
@@ -165,7 +166,7 @@ class ReferenceSpec:
             kw["depth_nodes"] = _checked(source, "reference.depth_nodes", integer, "depth_nodes (or 'auto')",
                                          kw["depth_nodes"], 3)
         for k in ("rtol", "atol", "max_time"):
-            if k in kw:
+            if k in kw and (kw[k] is not None or k == "max_time"):
                 kw[k] = _checked(source, f"reference.{k}", real, k, kw[k], minimum=0.0, strict=True)
         if kw.get("tol") not in (None, "auto"):
             kw["tol"] = _checked(source, "reference.tol", real, "tol (a number, 'auto' or null)", kw["tol"],
