@@ -19,12 +19,13 @@ samples, coordinates):
   twin*), the part being the larger of the allowance and twice the largest difference of the two
   solves. If the looser solve's error is ``c`` times the run's with the same sign, the
   difference is ``(c - 1)`` times the run's error, so the factor 2 covers ``c >= 1.5``; on D = 3,
-  4 with K = 15 the difference was 1.1-7 times the run's error (``docs/error_estimates.md``).
+  4 with K = 15 the difference was 1.1-32 times the run's error (``docs/error_estimates.md``,
+  ``benchmarks/bench_solver_part.py``).
   Measured because the allowance alone under-reports at tight tolerances (D = 4 tanh, rtol
-  1e-10: error 1.4e-8 against 1.7e-9) and because the solver's error changes with the node set
-  by up to 10x (so the twin is of the level itself, not of a cheaper one). The twin is run once,
+  1e-10: error 1.4e-8 against 1.7e-9, up to 10.2x below) and because the solver's error changes
+  with the node set by up to 10x (so the twin is of the level itself, not of a cheaper one). The twin is run once,
   for the returned level, and only where the solver could matter: where 10 x the allowance (the
-  allowance under-reported by at most 10x in every case measured) is at most a tenth of the
+  allowance under-reported by at most 10.2x in every case measured) is at most a tenth of the
   quadrature part, that figure is the part and no twin is run (``solver_twin=True`` / ``False``
   forces it / skips it; ``config["solver_twin"]`` says which).
 * ``kernel`` (lazy limit with a quadrature kernel) — the gap between two kernel resolutions.
@@ -66,10 +67,8 @@ TWIN_FACTOR = 10.0
 #: the solver part is this many times the twin's gap (module docstring)
 TWIN_SAFETY = 2.0
 #: without ``tol``, where this many times the allowance is at most a tenth of the quadrature part
-#: the twin is not run and that is the solver part (the allowance under-reported by up to 10x)
+#: the twin is not run and that is the solver part (the allowance under-reported by up to 10.2x)
 UNMEASURED_FACTOR = 10.0
-#: a twin's time relative to its run's (right-hand-side evaluations at 10 x rtol, measured 0.6-0.7)
-TWIN_COST = 0.7
 
 #: depth_nodes="auto": start here and double (2Q - 1, nested Chebyshev-Lobatto nodes) while the
 #: depth-interpolation allowance exceeds the quadrature part, up to the maximum
@@ -340,7 +339,7 @@ def _next_level(res, inp, rule, tried, tol, max_time, t0):
     nxt = rule.refined(inp.block)
     ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
     # the next level's replicates and coarse run, counted at the next level's size (the coarse is smaller:
-    # the difference pays for a solver twin, TWIN_COST of one run, where it is run)
+    # the difference pays for a solver twin, 0.6-1 of one run, where it is run)
     predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
     elapsed = time.perf_counter() - t0
     if max_time is not None and elapsed + predicted > max_time:
