@@ -267,6 +267,25 @@ def test_the_process_pool_loses_only_the_dead_workers_task(tmp_path):
         assert [f.result(timeout=240) for f in futs] == labels
 
 
+def _die_now():
+    os._exit(9)
+
+
+def test_a_pool_that_broke_before_the_dispatcher_heard_still_takes_new_tasks():
+    # the state a death leaves for a moment: the pool is broken, but its news is still queued
+    # behind another event, and a submit (here or from the dispatcher) reaches the broken pool
+    import concurrent.futures as cf
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+    broken = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with pytest.raises(BrokenProcessPool):
+        broken.submit(_die_now).result(timeout=120)
+    with S.ProcessPool(2) as pool:
+        pool._pool = broken
+        futs = [pool.submit(_maybe_die, lab, "none", "") for lab in ("a", "b", "c")]
+        assert [f.result(timeout=120) for f in futs] == ["a", "b", "c"]
+
+
 # --- bad input, named ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seeds, match", [([1.7], r"seeds\[0\]"), ("12", "seeds"), ([True], r"seeds\[0\]"),

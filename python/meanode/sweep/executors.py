@@ -82,6 +82,7 @@ class _Task:
     kwargs: dict
     outer: cf.Future
     failures: int = 0
+    started: bool = False
 
 
 class ProcessPool(cf.Executor):
@@ -119,6 +120,13 @@ class ProcessPool(cf.Executor):
                                                 initializer=_worker_init, initargs=(self.threads,))
         return self._pool
 
+    def _rebuild(self) -> None:
+        """Drop the broken pool (lock held); the next submit starts a fresh one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._generation += 1
+
     def _pump(self) -> None:
         """Hand waiting tasks to the pool (lock held): up to ``workers``; a task with a death on
         its record only when nothing else runs, and nothing beside it."""
@@ -128,9 +136,18 @@ class ProcessPool(cf.Executor):
             if alone and self._running:
                 return
             self._waiting.popleft()
-            if task.failures == 0 and not task.outer.set_running_or_notify_cancel():
-                continue  # cancelled while it waited
-            pf = self._get_pool().submit(task.fn, *task.args, **task.kwargs)
+            if not task.started:
+                if not task.outer.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                task.started = True
+            try:
+                pf = self._get_pool().submit(task.fn, *task.args, **task.kwargs)
+            except BrokenProcessPool:
+                # a worker died and the dispatcher has not heard yet (its news is queued behind
+                # this call): rebuild now; the old pool's futures still arrive as BrokenProcessPool
+                # with the old generation and are resubmitted then
+                self._rebuild()
+                pf = self._get_pool().submit(task.fn, *task.args, **task.kwargs)
             self._running[pf] = (task, self._generation)
             pf.add_done_callback(self._events.put)
             if task.failures > 0:
@@ -144,11 +161,11 @@ class ProcessPool(cf.Executor):
             with self._lock:
                 task, gen = self._running.pop(pf)
                 exc = None if pf.cancelled() else pf.exception()
-                if isinstance(exc, BrokenProcessPool):
-                    if gen == self._generation and self._pool is not None:  # first news of this break: rebuild
-                        self._pool.shutdown(wait=False, cancel_futures=True)
-                        self._pool = None
-                        self._generation += 1
+                if pf.cancelled() and gen != self._generation:
+                    self._waiting.appendleft(task)  # cancelled with a broken pool it never ran in: not its fault
+                elif isinstance(exc, BrokenProcessPool):
+                    if gen == self._generation:  # first news of this break: rebuild
+                        self._rebuild()
                     task.failures += 1
                     if task.failures > self.max_failures:
                         task.outer.set_exception(WorkerDied(
