@@ -29,7 +29,16 @@ import torch
 import meanode as mn
 
 
-def d4(tol: float, max_time: float, direct: int = 16, skip_tol: bool = False, spacing: float | None = 10.6) -> dict:
+def _direct(prob, kw, level: int, spacing: float | None, seed: int = 0):
+    """One rotation at ``level`` against ``level - 1`` (the module docstring's direct call)."""
+    rule = mn.Lattice(level=level, coarse=level - 1, replicates=1, spacing=spacing, seed=seed)
+    t0 = time.perf_counter()
+    res = mn.mean_ode_limit(**prob.arrays(), rule=rule, rtol=1e-8, atol=1e-10, **kw)
+    return res, time.perf_counter() - t0
+
+
+def d4(tol: float, max_time: float, direct: int = 16, skip_tol: bool = False, spacing: float | None = 10.6,
+       check_seed: int | None = None) -> dict:
     prob = mn.Problem.default(D=4)
     kw = dict(alpha=1.0, eta=0.2, steps=15)
     t0 = time.perf_counter()
@@ -46,15 +55,26 @@ def d4(tol: float, max_time: float, direct: int = 16, skip_tol: bool = False, sp
               f"met={res.tol_met}, {res.method}; {list(res.warnings)}", flush=True)
     direct_row = None
     if direct:
-        t0 = time.perf_counter()
-        rule = mn.Lattice(level=direct, coarse=direct - 1, replicates=1, spacing=spacing)
-        dres = mn.mean_ode_limit(**prob.arrays(), rule=rule, rtol=1e-8, atol=1e-10, **kw)
-        td = time.perf_counter() - t0
+        dres, td = _direct(prob, kw, direct, spacing)
         direct_row = dict(level=direct, coarse=direct - 1, spacing=dres.rule.spacing, estimate=dres.error_estimate, h_estimate=dres.h_error_estimate,
                           seconds=td, parts=dres.error_parts, h_parts=dres.h_error_parts, nodes=dres.config.get("nodes"),
                           solver_twin=dres.config.get("solver_twin"), verified=dres.verified)
         print(f"D=4 {dres.method}, rtol 1e-8: {dres.error_estimate:.2e} (h {dres.h_error_estimate:.2e}) in {td:.0f} s, "
               f"{dres.config.get('nodes')} nodes; parts {dres.error_parts}", flush=True)
+        if check_seed is not None:
+            # an independent computation of the same size: the same level and spacing with other
+            # rotations (pilot and levels), whose distance to the first is at most the sum of the two
+            # estimates if both are honest (a necessary condition, not a proof)
+            cres, tc = _direct(prob, kw, direct, spacing, seed=check_seed)
+            dist_f, dist_h = float(abs(dres.f - cres.f).max()), float(abs(dres.h - cres.h).max())
+            direct_row["check"] = dict(seed=check_seed, estimate=cres.error_estimate, h_estimate=cres.h_error_estimate,
+                                       seconds=tc, distance_f=dist_f, distance_h=dist_h,
+                                       covered_f=dist_f <= dres.error_estimate + cres.error_estimate,
+                                       covered_h=dist_h <= dres.h_error_estimate + cres.h_error_estimate)
+            print(f"D=4 check, seed {check_seed}: {cres.error_estimate:.2e} (h {cres.h_error_estimate:.2e}) in {tc:.0f} s; "
+                  f"distance to the first {dist_f:.2e} (h {dist_h:.2e}) against the sum of the estimates "
+                  f"{dres.error_estimate + cres.error_estimate:.2e} (h {dres.h_error_estimate + cres.h_error_estimate:.2e})",
+                  flush=True)
     return dict(direct=direct_row, default_estimate=default.error_estimate, default_h=default.h_error_estimate, default_seconds=t_default,
                 default_method=default.method, tol=tol, **({} if res is None else dict(
                     estimate=res.error_estimate, h_estimate=res.h_error_estimate, seconds=t, tol_met=bool(res.tol_met),
@@ -91,6 +111,8 @@ def main(argv=None) -> int:
                     help="its lattice spacing (10.6: level 16 has 802,200 folded nodes, just inside an E8 shell; "
                          "the default 10 gives 1,437,480)")
     ap.add_argument("--skip-tol", action="store_true", help="D = 4: no tol= call")
+    ap.add_argument("--check-seed", type=int, default=None,
+                    help="D = 4: repeat the direct call with this rotation seed and compare the two")
     ap.add_argument("--d8-budget", type=float, default=600.0)
     ap.add_argument("--d8-start", type=int, default=12)
     ap.add_argument("--only", choices=["d4", "d8"], default=None)
@@ -99,7 +121,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     out = dict(threads=a.threads)
     if a.only in (None, "d4"):
-        out["d4"] = d4(a.tol, a.max_time, a.direct, a.skip_tol, a.direct_spacing)
+        out["d4"] = d4(a.tol, a.max_time, a.direct, a.skip_tol, a.direct_spacing, a.check_seed)
     if a.only in (None, "d8"):
         out["d8"] = d8(a.d8_budget, a.d8_start)
     if a.json:
