@@ -120,6 +120,29 @@ def test_a_tolerance_out_of_reach_says_why_within_its_time_budget():
     assert "NOT met" in res.summary()
 
 
+def test_the_level_model_continues_a_geometric_fall_to_half_the_tolerance():
+    from meanode.limit.estimate import model_level
+
+    def tried(levels, c=3.0, rho=0.5):
+        return [dict(level=lv, error_estimate=c * rho**lv, h_error_estimate=0.1 * c * rho**lv) for lv in levels]
+
+    # 3 * 0.5^l <= 5e-7 first at l = 23 (log2(6e6) = 22.52), from two levels or three
+    assert model_level(tried([10, 12]), 1e-6) == 23
+    assert model_level(tried([10, 12, 15]), 1e-6) == 23
+    assert model_level(tried([10, 12], rho=0.8), 1e-6) == 70  # log(6e6) / log(1.25) = 69.96
+    assert model_level(tried([12]), 1e-6) is None  # one level: no rate
+    assert model_level(tried([10, 12], rho=1.2), 1e-6) is None  # rising estimates: no jump
+    assert model_level([dict(level=10, error_estimate=1e-4, h_error_estimate=0.0),
+                        dict(level=12, error_estimate=float("nan"), h_error_estimate=0.0)], 1e-6) is None
+
+
+def test_a_refined_lattice_is_compared_with_the_level_below_it():
+    rule = mn.Lattice(level=12, spacing=3.0)
+    nxt = rule.refined(None)  # a lattice's step does not depend on the block
+    assert (nxt.level, nxt.coarse) == (15, 14)
+    assert rule.at_level(20).coarse == 19 and rule.at_level(20).spacing == 3.0
+
+
 def test_lazy_kernel_part_is_measured():
     prob = mn.Problem.default(D=2, N=4)
     tanh = mn.lazy_limit(**prob.arrays(), eta=0.3, steps=3)

@@ -38,11 +38,17 @@ These are estimates, not proven bounds; ``docs/error_estimates.md`` gives the ba
 (``benchmarks/bench_error_battery.py``) on which each was checked against a much finer,
 independently rotated reference, and the worst ratio found.
 
-**Accuracy on request.** With ``tol``, the rule is refined (:meth:`~.options.RuleOptions.refined`:
-the level becomes the coarse one; depth nodes as ``depth_nodes="auto"``) until both estimates are
-at most ``tol``, or until the next level would not finish within ``max_time`` seconds (predicted
-from the last level's time and the node counts), would not fit in memory, or until two refinements
-in a row fail to halve the estimate (a floor of the rule); ``result.tol_met`` says which. A
+**Accuracy on request.** With ``tol``, the rule is refined (depth nodes as ``depth_nodes="auto"``)
+until both estimates are at most ``tol``, or until the next level would not finish within
+``max_time`` seconds (predicted from the last level's time and the node counts), would not fit in
+memory, or until two refinements in a row fail to halve the estimate (a floor of the rule);
+``result.tol_met`` says which. The next level is the rule's own step
+(:meth:`~.options.RuleOptions.refined`; a lattice: x 1.25, compared with the level below it as the
+default levels are) or, for rules whose estimates fall geometrically in the level (lattices, RQMC)
+and once two levels are known, the level at which a log-linear fit of the estimates so far reaches
+``tol / 2`` (:func:`model_level`), at most ``MAX_JUMP_NODES`` x the nodes; where that level would
+not fit ``max_time``, the finest one between it and the rule's step that does. The fit only
+chooses where to look: the returned estimate is always measured at the level returned. A
 lattice's ``tail`` (the Gaussian mass its radial map leaves out: the default 5e-8 floors the error
 near 1e-7 at D = 1, measured) is set to at most ``tol / 1000``.
 """
@@ -60,7 +66,7 @@ from ..solvers import ODEStats
 from . import quadrature as q
 from .result import LimitResult, Run
 
-__all__ = ["package", "quadrature_limit", "mean_run", "AUTO_DEPTH"]
+__all__ = ["package", "quadrature_limit", "mean_run", "model_level", "AUTO_DEPTH"]
 
 #: the solver twin's tolerances, relative to the run's (module docstring)
 TWIN_FACTOR = 10.0
@@ -321,6 +327,27 @@ def _with_solver_part(res, cache, rule, Q, twin, args, kw, config) -> LimitResul
     return package(*args, **kw, solver_measured=measured, extra_runs=(cache.twin,) if cache.twin else ())
 
 
+def model_level(tried: list[dict], tol: float) -> int | None:
+    """The level at which the estimates reach ``tol / 2`` if they go on falling as over the levels
+    tried: ``log(max(f, h estimate))`` fitted linearly in the level (least squares) and continued
+    from the last level's estimate. None with fewer than two levels, a non-finite estimate, or
+    estimates that do not fall (then the rule's own refinement step is taken)."""
+    if len(tried) < 2:
+        return None
+    lv = np.array([t["level"] for t in tried], dtype=float)
+    e = np.array([max(t["error_estimate"], t["h_error_estimate"]) for t in tried], dtype=float)
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)) or np.ptp(lv) == 0:
+        return None
+    slope = float(np.polyfit(lv, np.log(e), 1)[0])
+    if slope >= 0:
+        return None
+    return int(math.ceil(lv[-1] + (math.log(tol / 2) - math.log(e[-1])) / slope - 1e-9))
+
+
+#: ``tol=`` jumps at most to the level with this many times the last level's nodes
+MAX_JUMP_NODES = 8.0
+
+
 def _next_level(res, inp, rule, tried, tol, max_time, t0):
     """(met, why, next rule or None to stop) of accuracy on request (module docstring)."""
     if tol is None or res.diverged:
@@ -336,24 +363,37 @@ def _next_level(res, inp, rule, tried, tol, max_time, t0):
         return False, (f"tol = {tol:g} not met: the estimates stalled near {best[-1]:.1e} (max of f and h) over the "
                        "last two refinements (a floor of the rule at these options; try another rule or a smaller "
                        "tail)"), None
-    nxt = rule.refined(inp.block)
-    ratio = nxt.num_nodes(inp.block.dz) / max(rule.num_nodes(inp.block.dz), 1)
-    # the next level's replicates and coarse run, counted at the next level's size (the coarse is smaller:
-    # the difference pays for a solver twin, 0.6-1 of one run, where it is run)
-    predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
+    dz, step = inp.block.dz, rule.refined(inp.block)
+    nodes = max(rule.num_nodes(dz), 1)
+    candidates = [step]  # finest first: the model's level (capped), down to the rule's own step
+    target = model_level(tried, tol) if rule.geometric else None
+    if target is not None and target > step.level:
+        for level in range(target, step.level, -1):
+            cand = rule.at_level(level)
+            if cand.num_nodes(dz) <= MAX_JUMP_NODES * nodes:
+                candidates = [cand] + [rule.at_level(lv) for lv in range(level - 1, step.level, -1)] + [step]
+                break
     elapsed = time.perf_counter() - t0
-    if max_time is not None and elapsed + predicted > max_time:
-        return False, (f"tol = {tol:g} not met: estimates {res.error_estimate:.2e} (f), {res.h_error_estimate:.2e} "
-                       f"(h) after {elapsed:.0f} s; the next level ({nxt.level}) would take ~{predicted:.0f} s more "
-                       f"than max_time = {max_time:g} s allows"), None
-    if nxt.num_nodes(inp.block.dz) > q.rule._MAX_TENSOR_NODES:
-        return False, f"tol = {tol:g} not met: the next level exceeds the node limit", None
     avail = _available_bytes()  # None where /proc/meminfo is absent: no memory guard there
-    need = _level_bytes(ratio) if avail is not None else 0.0
-    if avail is not None and need > 0.5 * avail:
-        return False, (f"tol = {tol:g} not met: the next level ({nxt.level}) needs ~{need / 2**30:.1f} GiB, more "
-                       f"than half the {avail / 2**30:.1f} GiB available"), None
-    return None, "", nxt
+    why = ""
+    for nxt in candidates:  # the finest that fits the time, the node limit and the memory
+        ratio = nxt.num_nodes(dz) / nodes
+        # the next level's replicates and coarse run, counted at the next level's size (the coarse is smaller:
+        # the difference pays for a solver twin, 0.6-1 of one run, where it is run)
+        predicted = tried[-1]["seconds"] * ratio * (nxt.replicates + 1) / (rule.replicates + 1)
+        need = _level_bytes(ratio) if avail is not None else 0.0
+        if max_time is not None and elapsed + predicted > max_time:
+            why = (f"tol = {tol:g} not met: estimates {res.error_estimate:.2e} (f), {res.h_error_estimate:.2e} "
+                   f"(h) after {elapsed:.0f} s; the next level ({nxt.level}) would take ~{predicted:.0f} s more "
+                   f"than max_time = {max_time:g} s allows")
+        elif nxt.num_nodes(dz) > q.rule._MAX_TENSOR_NODES:
+            why = f"tol = {tol:g} not met: the next level exceeds the node limit"
+        elif avail is not None and need > 0.5 * avail:
+            why = (f"tol = {tol:g} not met: the next level ({nxt.level}) needs ~{need / 2**30:.1f} GiB, more "
+                   f"than half the {avail / 2**30:.1f} GiB available")
+        else:
+            return None, "", nxt
+    return False, why, None
 
 
 #: smallest lattice tail that ``tol`` asks for (below it the radius grows without a measurable gain)

@@ -75,6 +75,9 @@ class RuleOptions:
     def default_level(self, dz: int) -> int:
         raise NotImplementedError
 
+    #: the error estimate falls about geometrically in ``level`` (``tol=`` may then jump levels)
+    geometric: ClassVar[bool] = False
+
     def default_coarse(self, level: int) -> int:
         return max(1, level - 1)
 
@@ -94,6 +97,10 @@ class RuleOptions:
     def refined(self, block) -> "RuleOptions":
         """The next finer options (``tol=``): the ``level`` becomes the ``coarse`` one."""
         return dataclasses.replace(self, level=self.level + 1, coarse=self.level)
+
+    def at_level(self, level: int) -> "RuleOptions":
+        """These options at another ``level``, with that level's default ``coarse``."""
+        return dataclasses.replace(self, level=int(level), coarse=self.default_coarse(int(level)))
 
     def label(self) -> str:
         return f"{self.name}({self.level} vs {self.coarse})"
@@ -122,6 +129,7 @@ class Lattice(RuleOptions):
     replicates: int = 2
     tail: float | None = None
     name: ClassVar[str] = "lattice"
+    geometric: ClassVar[bool] = True  # exponential in 1 / h = level / spacing for analytic integrands
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -166,8 +174,9 @@ class Lattice(RuleOptions):
         return q.lattice_size(self.spacing / self.level, dz, tail=self.tail)
 
     def refined(self, block) -> "Lattice":
-        """Step ``h`` shrunk by 1.25 (the node count grows by 1.25^dz)."""
-        return dataclasses.replace(self, level=max(self.level + 1, round(1.25 * self.level)), coarse=self.level)
+        """Step ``h`` shrunk by 1.25 (the node count grows by 1.25^dz), compared with the level
+        below it, as the default levels are (the estimator the battery checked)."""
+        return self.at_level(max(self.level + 1, round(1.25 * self.level)))
 
     def pilot_level(self) -> int:
         """The level of the pilot run that orients the rotations (``orient="pilot"``)."""
@@ -224,6 +233,7 @@ class RQMC(RuleOptions):
     level: int | None = 14
     replicates: int = 8
     name: ClassVar[str] = "rqmc"
+    geometric: ClassVar[bool] = True  # the standard error falls like 2^(-level / 2) or faster
 
     def __post_init__(self) -> None:
         super().__post_init__()
