@@ -136,6 +136,21 @@ def test_the_level_model_continues_a_geometric_fall_to_half_the_tolerance():
                         dict(level=12, error_estimate=float("nan"), h_error_estimate=0.0)], 1e-6) is None
 
 
+def test_a_flat_estimate_over_a_falling_spread_is_not_a_stall():
+    from meanode.limit.estimate import _stalled
+
+    def tried(est, spread, R=2):
+        return [dict(level=lv, error_estimate=e, h_error_estimate=0.5 * e, spread=s, replicates=R)
+                for lv, e, s in zip((10, 12, 15), est, spread)]
+
+    flat, falling = (7e-6, 8e-6, 1.0e-5), (1.5e-5, 6e-6, 3e-6)  # draw 0 of bench_tol_draws: spread / 5 from 10 to 15
+    assert not _stalled(tried(flat, falling))  # converging: the gap is the coarse level's error
+    assert _stalled(tried(flat, (1.5e-5, 1.2e-5, 1.0e-5)))  # both flat: a floor
+    assert _stalled(tried(flat, falling, R=1))  # one replicate: no spread to go by
+    assert _stalled(tried(flat, (0.0, 0.0, 0.0)))  # replicates that agree exactly say nothing of convergence
+    assert not _stalled(tried((1e-5, 8e-6, 4e-6), (1e-6, 1e-6, 1e-6)))  # the estimate itself halved
+    assert not _stalled(tried(flat, falling)[:2])  # two levels: too early to tell
+
 def test_a_refined_lattice_is_compared_with_the_level_below_it():
     rule = mn.Lattice(level=12, spacing=3.0)
     nxt = rule.refined(None)  # a lattice's step does not depend on the block

@@ -41,7 +41,9 @@ independently rotated reference, and the worst ratio found.
 **Accuracy on request.** With ``tol``, the rule is refined (depth nodes as ``depth_nodes="auto"``)
 until both estimates are at most ``tol``, or until the next level would not finish within
 ``max_time`` seconds (predicted from the last level's time and the node counts), would not fit in
-memory, or until two refinements in a row fail to halve the estimate (a floor of the rule);
+memory, or until two refinements in a row fail to halve the estimate and, with several replicates,
+their spread (a floor of the rule; a falling spread under a flat estimate is a converging rule
+whose gap is the coarse level's error);
 ``result.tol_met`` says which. The next level is the rule's own step
 (:meth:`~.options.RuleOptions.refined`; a lattice: x 1.25, compared with the level below it as the
 default levels are) or, for rules whose estimates fall geometrically in the level (lattices, RQMC)
@@ -160,13 +162,14 @@ def rms_standard_error(runs: list[Run]) -> float:
     return float((fs.std(0, unbiased=True) / math.sqrt(len(runs))).pow(2).mean().sqrt())
 
 
-def _quad_parts(fine: list[Run], coarse: Run | None, rqmc: bool) -> tuple[dict, dict, bool, str]:
-    """(f part, h part, verified, reason) of the quadrature estimate (module docstring)."""
+def _quad_parts(fine: list[Run], coarse: Run | None, rqmc: bool) -> tuple[dict, dict, bool, str, float]:
+    """(f part, h part, verified, reason, spread) of the quadrature estimate (module docstring);
+    ``spread``: the larger of the f and h ranges over the replicates (0 with one; RQMC: the part)."""
     if rqmc:
         R = len(fine)
         fs, hs = torch.stack([r.f for r in fine]), torch.stack([_h1(r) for r in fine])
         se = lambda x: 3.0 * float((x.std(0, unbiased=True) / math.sqrt(R)).max())  # noqa: E731
-        return {"quadrature": se(fs)}, {"quadrature": se(hs)}, True, ""
+        return {"quadrature": se(fs)}, {"quadrature": se(hs)}, True, "", max(se(fs), se(hs))
 
     m = mean_run(fine)
     gap_f = _max_abs(m.f - coarse.f)
@@ -182,7 +185,8 @@ def _quad_parts(fine: list[Run], coarse: Run | None, rqmc: bool) -> tuple[dict, 
         reason = (f"the {len(fine)} rotations at the level disagree by {spread_f:.2e}, more than the gap "
                   f"{gap_f:.2e} to the coarse level: the levels do not behave as the rule's convergence "
                   "model says (raise the level, or tol=)")
-    return ({"quadrature": max(gap_f, spread_f)}, {"quadrature": max(gap_h, spread_h)}, verified, reason)
+    return ({"quadrature": max(gap_f, spread_f)}, {"quadrature": max(gap_h, spread_h)}, verified, reason,
+            max(spread_f, spread_h))
 
 
 class _Cache:
@@ -274,7 +278,7 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
         while True:  # depth nodes: refine while the depth allowance dominates (depth_nodes="auto")
             fine = [cache.get(rule.level, r, Q) for r in range(rule.replicates)]
             coarse = None if rqmc else cache.get(rule.coarse, 0, Q, coarse=True)
-            fq, hq, verified, reason = _quad_parts(fine, coarse, rqmc)
+            fq, hq, verified, reason, spread = _quad_parts(fine, coarse, rqmc)
             runs = fine + ([] if coarse is None else [coarse])
             config.update(level=rule.level, coarse=None if rqmc else rule.coarse, nodes=cache.nodes[rule.level],
                           replicates=rule.replicates)
@@ -292,7 +296,8 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
                 break
             Q = 2 * Q - 1
         tried.append(dict(level=rule.level, coarse=rule.coarse, depth_nodes=Q, error_estimate=res.error_estimate,
-                          h_error_estimate=res.h_error_estimate, seconds=time.perf_counter() - t_level))
+                          h_error_estimate=res.h_error_estimate, spread=spread, replicates=rule.replicates,
+                          seconds=time.perf_counter() - t_level))
         met, why, nxt = _next_level(res, inp, rule, tried, tol, max_time, t0)
         if nxt is None:
             break
@@ -344,6 +349,22 @@ def model_level(tried: list[dict], tol: float) -> int | None:
     return int(math.ceil(lv[-1] + (math.log(tol / 2) - math.log(e[-1])) / slope - 1e-9))
 
 
+def _stalled(tried: list[dict]) -> bool:
+    """Two refinements in a row that did not halve the estimate (max of f and h) nor, where the
+    levels have several replicates, the spread of the replicates. The spread measures the level's
+    own rotation error: where it falls the rule is converging and a flat estimate is the coarse
+    level's error (the gap), which the next refinement replaces."""
+    if len(tried) < 3:
+        return False
+    best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried[-3:]]
+    if min(best[-2:]) <= 0.5 * best[0]:
+        return False
+    if all(t.get("replicates", 1) > 1 for t in tried[-3:]):
+        spread = [t["spread"] for t in tried[-3:]]
+        return not (spread[0] > 0 and min(spread[-2:]) <= 0.5 * spread[0])
+    return True
+
+
 #: ``tol=`` jumps at most to the level with this many times the last level's nodes
 MAX_JUMP_NODES = 8.0
 
@@ -358,11 +379,11 @@ def _next_level(res, inp, rule, tried, tol, max_time, t0):
     if floor > tol:  # no level can help: the solver's own part is above the tolerance
         return False, (f"tol = {tol:g} not met: the solver part {floor:.1e} ({UNMEASURED_FACTOR:g} x its allowance) "
                        "alone exceeds it (lower rtol and atol)"), None
-    best = [max(t["error_estimate"], t["h_error_estimate"]) for t in tried]
-    if len(tried) >= 3 and min(best[-2:]) > 0.5 * best[-3]:
-        return False, (f"tol = {tol:g} not met: the estimates stalled near {best[-1]:.1e} (max of f and h) over the "
-                       "last two refinements (a floor of the rule at these options; try another rule or a smaller "
-                       "tail)"), None
+    if _stalled(tried):
+        last = max(res.error_estimate, res.h_error_estimate)
+        return False, (f"tol = {tol:g} not met: the estimates stalled near {last:.1e} (max of f and h) over the last "
+                       "two refinements, and so did the spread of the replicates where there are several (a floor "
+                       "of the rule at these options; try another rule or a smaller tail)"), None
     dz, step = inp.block.dz, rule.refined(inp.block)
     nodes = max(rule.num_nodes(dz), 1)
     candidates = [step]  # finest first: the model's level (capped), down to the rule's own step
