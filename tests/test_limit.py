@@ -212,3 +212,16 @@ def test_bad_limit_input_raises_naming_the_argument(prob, kw, exc, word):
     args.update(kw)
     with pytest.raises(exc, match=word):
         mean_ode_limit(**args)
+
+
+def test_the_unit_update_in_depth_chunks_equals_the_update_of_all_depth_nodes_at_once(prob, monkeypatch):
+    """The update runs a few depth nodes at a time to bound its memory (meanode.limit.nodes); one
+    depth node per chunk must give the same limit as all 17 at once, to rounding."""
+    import meanode.limit.nodes as nodes_mod
+
+    kw = dict(alpha=1.0, eta=0.5, steps=3, rule="gauss_hermite", level=6, coarse=4, depth_nodes=17)
+    whole = mean_ode_limit(**prob.arrays(), **kw)
+    monkeypatch.setattr(nodes_mod, "UPDATE_ELEMENTS", 1)
+    chunked = mean_ode_limit(**prob.arrays(), **kw)
+    assert np.abs(whole.f - chunked.f).max() < 1e-13 and np.abs(whole.H - chunked.H).max() < 1e-13
+    assert np.abs(whole.f[-1] - whole.f[0]).max() > 1e-2  # the units did move

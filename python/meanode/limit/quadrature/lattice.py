@@ -225,7 +225,8 @@ def _default_stretch(d: int, tail: float = DEFAULT_TAIL) -> float:
 
 
 def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: float | None = 0.0,
-            rotation="screened", seed=0, ridges=None, candidates: int = 32, tail: float | None = None) -> Rule:
+            rotation="screened", seed=0, ridges=None, candidates: int = 32, tail: float | None = None,
+            scale=None) -> Rule:
     """Rotated, radially stretched lattice rule for ``z ~ N(0, var I_d)``.
 
     Nodes ``z = sqrt(var) * x``, ``x = rho(|t|) t / |t|`` for the points ``t`` of a rotated
@@ -262,6 +263,12 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
       :class:`meanode.limit.adapt.Ridges` from a pilot run) the screened rotation is instead
       the one of ``candidates`` random rotations with the least aliasing of those ridges
       (:func:`meanode.limit.adapt.ridge_aliasing`).
+    * *Scale* (``scale``, a ``(d, d)`` matrix with singular values >= 1, applied after the
+      rotation): a coarser lattice along directions where the integrand is smooth. A ridge
+      ``g(e . z)`` aliases only through dual vectors nearly parallel to ``e`` (its transform is
+      Gaussian across ``e``), so the step across ``e`` need only resolve the Gaussian envelope:
+      on ``tanh(w . z + 0.3)^2`` in 4-D, ``h = 0.3`` with twice the step across ``w`` has 1/8 of
+      the nodes and the same error, 3e-8 (``tests/test_quadrature.py``).
 
     Measured (default problem, D = 2, tanh, eta = 0.2, K = 5, 47,425 folded nodes at
     ``h = 0.3``): max-abs output error 0.5-2.5e-6 for most random rotations, 5.0e-6 axis
@@ -296,6 +303,9 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
         t = t @ R.T
     else:
         rot_name = "none"
+    if scale is not None:
+        t = t @ _check_scale(scale, d).T
+        rot_name += ", scaled"
     s = np.sqrt((t * t).sum(axis=1))
     if use_map:
         inside = s < s_max
@@ -319,6 +329,17 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
     w = w / math.fsum(w.tolist())
     name = f"lattice({kind}, h={h:g}, d={d}, var={v:g}, stretch={L:.3g}{'' if use_map else ' (ball)'}, rotation={rot_name})"
     return Rule(x * math.sqrt(v), w, name)
+
+
+def _check_scale(scale, d: int) -> np.ndarray:
+    """``scale`` of :func:`lattice`: a finite ``(d, d)`` matrix whose singular values are all >= 1
+    (the lattice points are generated in the ball the scaled ones must come from)."""
+    S = np.asarray(scale, dtype=np.float64)
+    if S.shape != (d, d) or not np.all(np.isfinite(S)):
+        raise ValueError(f"scale must be a finite ({d}, {d}) matrix, got shape {S.shape}")
+    if np.linalg.svd(S, compute_uv=False).min() < 1.0 - 1e-12:
+        raise ValueError("scale must not shrink any direction (all its singular values >= 1)")
+    return S
 
 
 def _check_tail(tail) -> float:
