@@ -25,14 +25,16 @@ import torch
 import meanode as mn
 
 
-def run_draw(seed: int, tol: float, max_time: float, K: int, check: bool, default_call: bool = True) -> dict:
+def run_draw(seed: int, tol: float, max_time: float, K: int, check: bool, default_call: bool = True,
+             anisotropy: float = 1.0) -> dict:
     prob = mn.Problem.default(D=2, data_seed=seed, embed_seed=seed)
     kw = dict(alpha=1.0, eta=0.2, steps=K, activation="tanh")
     t0 = time.perf_counter()
     default = mn.mean_ode_limit(**prob.arrays(), **kw) if default_call else None
     t_default = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = mn.mean_ode_limit(**prob.arrays(), tol=tol, max_time=max_time, **kw)
+    rule = "auto" if anisotropy == 1.0 else mn.Lattice(anisotropy=anisotropy)
+    res = mn.mean_ode_limit(**prob.arrays(), tol=tol, max_time=max_time, rule=rule, **kw)
     seconds = time.perf_counter() - t0
     row = dict(seed=seed, default_estimate=default.error_estimate if default else math.nan,
                default_seconds=t_default if default else math.nan,
@@ -61,16 +63,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the finer independent reference")
     ap.add_argument("--skip-default", type=int, nargs="*", default=[],
                     help="draws whose default call (the first column) is not run")
+    ap.add_argument("--anisotropy", type=float, default=1.0,
+                    help="Lattice(anisotropy=...) for the tol= call (default 1: the default rule)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     rows = []
-    print(f"D = 2, tanh, alpha = 1, eta = 0.2, K = {a.K}, tol = {a.tol:g}, {a.threads} threads", flush=True)
+    print(f"D = 2, tanh, alpha = 1, eta = 0.2, K = {a.K}, tol = {a.tol:g}, {a.threads} threads"
+          + ("" if a.anisotropy == 1.0 else f", anisotropy {a.anisotropy:g}"), flush=True)
     print(f"{'seed':>4} {'default est':>11} {'est f':>9} {'est h':>9} {'met':>4} {'s':>7} {'levels':>14} "
           f"{'|f-ref|':>9} {'|h-ref|':>9} {'ref est':>9}", flush=True)
     for seed in a.draws:
-        r = run_draw(seed, a.tol, a.max_time, a.K, not a.no_check, seed not in a.skip_default)
+        r = run_draw(seed, a.tol, a.max_time, a.K, not a.no_check, seed not in a.skip_default, a.anisotropy)
         rows.append(r)
         print(f"{seed:>4} {r['default_estimate']:>11.2e} {r['estimate']:>9.2e} {r['h_estimate']:>9.2e} "
               f"{str(r['tol_met']):>4} {r['seconds']:>7.1f} {str(r['levels']):>14} "
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
               flush=True)
         if a.json:  # after every draw: nothing lost if a later draw is interrupted
             with open(a.json, "w") as fh:
-                json.dump(dict(tol=a.tol, K=a.K, threads=a.threads, rows=rows), fh, indent=1)
+                json.dump(dict(tol=a.tol, K=a.K, threads=a.threads, anisotropy=a.anisotropy, rows=rows), fh, indent=1)
     met = sum(r["tol_met"] for r in rows)
     checked = [r for r in rows if "err_f" in r]
     within = sum(r["err_f"] <= a.tol and r["err_h"] <= a.tol for r in checked)

@@ -215,6 +215,7 @@ class _Cache:
             rule = self.node_set(level, rep, coarse)
             if not coarse:
                 self.nodes[level] = rule.num_nodes
+            _check_fits(rule, Q, self.inp.block, level)
             spec = self.inp.spec(self.choice, Q, self.progress)
             if loose:
                 spec = replace(spec, rtol=TWIN_FACTOR * spec.rtol, atol=TWIN_FACTOR * spec.atol)
@@ -266,6 +267,8 @@ def quadrature_limit(inp, backend, choice, rule, fold: bool, progress: bool, con
             ridges = _pilot_ridges(inp, backend, choice, rule, fold, dict(config), t0)
             config.update(pilot_level=rule.pilot_level())
         config.update(spacing=rule.spacing, orient=rule.orient)
+        if rule.anisotropy != 1.0:
+            config.update(anisotropy=rule.anisotropy)
     if tol is not None and isinstance(rule, Lattice):  # the truncated tail is a floor of the lattice's error
         rule = replace(rule, tail=max(min(rule.tail, tol / 1000), MIN_TAIL))
     rqmc = isinstance(rule, RQMC)
@@ -429,6 +432,19 @@ def _level_bytes(ratio: float) -> float:
     import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024 * max(ratio, 1.0)
+
+
+def _check_fits(rule: q.Rule, Q: int, block, level: int) -> None:
+    """A clear :class:`MemoryError` instead of the kernel's OOM killer: a run holds the units
+    ``Z (Q, P, dz)`` in float64 and the copy its update writes, so ``16 Q P dz`` bytes is a lower
+    bound on its memory (the update's intermediates are bounded separately,
+    :data:`~meanode.limit.nodes.UPDATE_ELEMENTS`)."""
+    avail = _available_bytes()
+    need = 16.0 * Q * rule.num_nodes * block.dz
+    if avail is not None and need > avail:
+        raise MemoryError(f"the rule at level {level} has {rule.num_nodes:,} nodes: with depth_nodes = {Q} one run "
+                          f"needs at least {need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB available; "
+                          "lower level= or depth_nodes=, or use tol= with max_time= (it stops at what fits)")
 
 
 def _available_bytes() -> float | None:

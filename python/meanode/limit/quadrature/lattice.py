@@ -165,6 +165,19 @@ class Ridges:
     def dim(self) -> int:
         return int(self.directions.shape[1])
 
+    def principal_direction(self) -> np.ndarray:
+        """The unit vector ``p`` of the largest eigenvalue of ``E[(e / a)(e / a)^T]``: the direction
+        along which the ridges need the finest step (a ridge of half-width ``a`` along ``e`` asks
+        for a step ``~ a`` along ``e``). Shape ``(dz,)``."""
+        W = self.directions / self.strips[:, None]
+        return np.linalg.eigh(W.T @ W / W.shape[0])[1][:, -1]
+
+    def scale(self, anisotropy: float) -> np.ndarray:
+        """``scale`` for :func:`lattice`: the step times ``anisotropy`` across :meth:`principal_direction`,
+        ``I + (anisotropy - 1)(I - p p^T)``. Shape ``(dz, dz)``."""
+        p = self.principal_direction()
+        return np.eye(self.dim) + (float(anisotropy) - 1.0) * (np.eye(self.dim) - np.outer(p, p))
+
 
 def ridge_aliasing(ridges: Ridges, xi: np.ndarray, R: np.ndarray, chunk: int = 128) -> float:
     """Score of the rotated dual points ``R xi`` (``xi``: (M, d), ``2 pi m / c``) against ridges:
@@ -189,9 +202,10 @@ def ridge_aliasing(ridges: Ridges, xi: np.ndarray, R: np.ndarray, chunk: int = 1
     return tot
 
 
-def _ridge_rotation(kind: str, d: int, c: float, seed, ridges, candidates: int) -> np.ndarray:
+def _ridge_rotation(kind: str, d: int, c: float, seed, ridges, candidates: int, scale=None) -> np.ndarray:
     """Of ``candidates`` Haar-random rotations (from ``seed``), the one whose dual lattice
-    aliases the pilot's ridges least (:func:`meanode.limit.adapt.ridge_aliasing`)."""
+    aliases the pilot's ridges least (:func:`meanode.limit.adapt.ridge_aliasing`). With ``scale``
+    ``S`` (symmetric) the nodes are ``S R t`` and the dual points ``S^{-1} R xi``."""
     if ridges.dim != d:
         raise ValueError(f"ridges have dimension {ridges.dim}, the rule {d}")
     candidates = _check_int(candidates, "candidates", 1)
@@ -202,7 +216,8 @@ def _ridge_rotation(kind: str, d: int, c: float, seed, ridges, candidates: int) 
     S = min(ridges.directions.shape[0], max(1000, int(2e8 / (xi.shape[0] * candidates))))
     if S < ridges.directions.shape[0]:
         ridges = type(ridges)(ridges.directions[:S], ridges.strips[:S])
-    scores = [ridge_aliasing(ridges, xi, R) for R in Rs]
+    Sinv = None if scale is None else np.linalg.inv(scale)
+    scores = [ridge_aliasing(ridges, xi, R if Sinv is None else Sinv @ R) for R in Rs]
     return Rs[int(np.argmin(scores))]
 
 
@@ -279,6 +294,7 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
     """
     v = _check_var(var)
     kind, d, L, use_map, c, s_max, n_est = _lattice_geometry(h, d, kind, stretch, tail)
+    S = None if scale is None else _check_scale(scale, d)
     if n_est > _MAX_TENSOR_NODES:
         raise ValueError(f"lattice(h={h}, d={d}) would have ~{int(n_est):,} nodes; increase h")
     t = lattice_points(kind, d, s_max / c) * c
@@ -290,7 +306,7 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
                 R = _screened_rotation(kind, d, c, seed)
                 rot_name = "screened"
             else:
-                R = _ridge_rotation(kind, d, c, seed, ridges, candidates)
+                R = _ridge_rotation(kind, d, c, seed, ridges, candidates, S)
                 rot_name = "ridge-screened"
         elif isinstance(rotation, (int, np.integer)) and not isinstance(rotation, bool):
             R = _haar_rotation(d, np.random.default_rng(int(rotation)))
@@ -303,8 +319,8 @@ def lattice(h: float, d: int, var: float = 1.0, *, kind: str = "auto", stretch: 
         t = t @ R.T
     else:
         rot_name = "none"
-    if scale is not None:
-        t = t @ _check_scale(scale, d).T
+    if S is not None:
+        t = t @ S.T
         rot_name += ", scaled"
     s = np.sqrt((t * t).sum(axis=1))
     if use_map:
@@ -386,26 +402,30 @@ def lattice_size(h: float, d: int, *, kind: str = "auto", stretch: float | None 
 
 def lattice_family(spacing: float = 3.0, *, kind: str = "auto", stretch: float | None = 0.0,
                    rotation="screened", seed: int = 0, ridges=None, candidates: int = 32,
-                   tail: float | None = None):
+                   tail: float | None = None, anisotropy: float = 1.0):
     """A rule family ``rule(level, d, var)`` for :func:`meanode.limit.mean_ode_limit`:
     :func:`lattice` with step ``h = spacing / level`` (level 10 -> h = 0.3) and a rotation
     screened from seed ``(seed, level)``, so that two levels have independent orientations
     (their gap then measures the error rather than a shared aliasing term); ``replicate = r > 0``
     gives further independent rotations of the same level (seed ``(seed, level, r)``). ``ridges``,
     ``candidates``: orient each level by a pilot run's ridges; ``tail``: the Gaussian mass left out
-    by the radial map (see :func:`lattice`).
+    by the radial map (see :func:`lattice`); ``anisotropy``: with ``ridges``, the step times this
+    across their principal direction (:meth:`Ridges.scale`; 1/anisotropy^(d-1) of the nodes).
     """
     spacing = float(spacing)
     if not (math.isfinite(spacing) and spacing > 0):
         raise ValueError(f"spacing must be a positive number; got {spacing!r}")
+    anisotropy = real("anisotropy", anisotropy, minimum=1.0)
+    scale = None if ridges is None or anisotropy == 1.0 else ridges.scale(anisotropy)
 
     def rule(level: int, d: int, var: float, replicate: int = 0) -> Rule:
         level = _check_int(level, "level", 1)
         rseed = (int(seed), level) if replicate == 0 else (int(seed), level, int(replicate))
         return lattice(spacing / level, d, var, kind=kind, stretch=stretch, rotation=rotation,
-                       seed=rseed, ridges=ridges, candidates=candidates, tail=tail)
+                       seed=rseed, ridges=ridges, candidates=candidates, tail=tail, scale=scale)
 
-    rule.__name__ = f"lattice_family(spacing={spacing:g}" + ("" if tail is None else f", tail={tail:g}") + ")"
+    rule.__name__ = (f"lattice_family(spacing={spacing:g}" + ("" if tail is None else f", tail={tail:g}")
+                     + ("" if scale is None else f", anisotropy={anisotropy:g}") + ")")
     return rule
 
 
