@@ -30,29 +30,27 @@ import torch
 import meanode as mn
 from meanode.limit.adapt import ridge_samples
 from meanode.limit.options import RuleFamily
-from meanode.limit.quadrature import lattice
+from meanode.limit.quadrature import Ridges, lattice
 
 KW = dict(alpha=1.0, eta=0.2, steps=15, activation="tanh")
 
 
-def principal_ridge(prob: mn.Problem, level: int) -> tuple[np.ndarray, dict]:
+def pilot_ridges(prob: mn.Problem, level: int) -> tuple[Ridges, dict]:
     t0 = time.perf_counter()
     pilot = mn.mean_ode_limit(**prob.arrays(), **KW, rule=mn.Lattice(level=level, coarse=level - 1, replicates=1,
                                                                      orient="screened"))
     rd = ridge_samples(pilot, lattice(3.0 / level, 4, 2.0), max_samples=50_000)
-    W = rd.directions / rd.strips[:, None]
-    ev, evec = np.linalg.eigh(W.T @ W / len(rd.strips))
     info = dict(pilot_seconds=time.perf_counter() - t0, pilot_estimate=pilot.error_estimate,
                 strip_quantiles={q: float(np.quantile(rd.strips, q)) for q in (0.01, 0.05, 0.25, 0.5)},
-                eigenvalues=ev.tolist(), direction=evec[:, -1].tolist())
-    return evec[:, -1], info
+                eigenvalues=np.linalg.eigvalsh(rd.resolution()).tolist(), direction=rd.principal_direction().tolist())
+    return rd, info
 
 
-def pair_gap(prob: mn.Problem, h: float, s: float, p: np.ndarray) -> dict:
-    S = np.eye(4) + (s - 1.0) * (np.eye(4) - np.outer(p, p))
+def pair_gap(prob: mn.Problem, h: float, s: float, ridges: Ridges) -> dict:
+    S = None if s == 1.0 else ridges.scale(s)
 
     def fn(level, d, var):  # level 1 and 2: two independent Haar rotations of the same lattice
-        return lattice(h, d, var, rotation=1000 * level + 17, scale=None if s == 1.0 else S)
+        return lattice(h, d, var, rotation=1000 * level + 17, scale=S)
 
     fn.__name__ = f"scaled_lattice(h={h:g}, s={s:g})"
     t0 = time.perf_counter()
@@ -73,13 +71,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     prob = mn.Problem.default(D=2, data_seed=args.draw, embed_seed=args.draw)
-    p, info = principal_ridge(prob, args.pilot_level)
+    ridges, info = pilot_ridges(prob, args.pilot_level)
     print(f"pilot {info['pilot_seconds']:.0f} s; strip quantiles {info['strip_quantiles']}; "
           f"eigenvalues of E[(e/a)(e/a)^T] {np.round(info['eigenvalues'], 3).tolist()}", flush=True)
     rows = []
     for cfg in args.configs:
         h, s = (float(x) for x in cfg.split(":"))
-        r = pair_gap(prob, h, s, p)
+        r = pair_gap(prob, h, s, ridges)
         rows.append(r)
         print(f"h = {h:g}, s = {s:g}: {r['nodes']:,} nodes, gap f {r['gap_f']:.2e}, estimate h {r['estimate_h']:.2e}, "
               f"{r['seconds']:.0f} s", flush=True)

@@ -165,12 +165,17 @@ class Ridges:
     def dim(self) -> int:
         return int(self.directions.shape[1])
 
-    def principal_direction(self) -> np.ndarray:
-        """The unit vector ``p`` of the largest eigenvalue of ``E[(e / a)(e / a)^T]``: the direction
-        along which the ridges need the finest step (a ridge of half-width ``a`` along ``e`` asks
-        for a step ``~ a`` along ``e``). Shape ``(dz,)``."""
+    def resolution(self) -> np.ndarray:
+        """``E[(e / a)(e / a)^T]`` over the samples: a ridge of half-width ``a`` along ``e`` asks for
+        a step ``~ a`` along ``e``, so its eigenvalues say how fine each direction must be resolved.
+        Shape ``(dz, dz)``."""
         W = self.directions / self.strips[:, None]
-        return np.linalg.eigh(W.T @ W / W.shape[0])[1][:, -1]
+        return W.T @ W / W.shape[0]
+
+    def principal_direction(self) -> np.ndarray:
+        """The unit vector ``p`` of the largest eigenvalue of :meth:`resolution`: the direction
+        along which the ridges need the finest step. Shape ``(dz,)``."""
+        return np.linalg.eigh(self.resolution())[1][:, -1]
 
     def scale(self, anisotropy: float) -> np.ndarray:
         """``scale`` for :func:`lattice`: the step times ``anisotropy`` across :meth:`principal_direction`,
